@@ -1,0 +1,173 @@
+"""Typed experiment configs: YAML sections, `--set KEY=VALUE` overrides, strict keys.
+
+One schema serves pretrain and meta-train (CONTRACT.md), so a config written for one
+can be read by the other and every key is checked before any work starts.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fewshot.errors import UsageError
+
+HEADS = ("protonet", "simpleshot", "linear-probe", "finetune", "maml", "fomaml", "anil", "metasgd")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    task: str = "quickstart"
+    """A task YAML file, or the name of a task shipped in the package."""
+    root: str | None = None
+    """Data root; else `FEWSHOT_DATA`, else the task file's own `data_root`."""
+    image_size: int | None = Field(default=None, ge=8)
+    """Overrides the task's image size."""
+    cache_dir: str | None = None
+    workers: int = Field(default=0, ge=0)
+
+
+class ModelConfig(Section):
+    backbone: str = "conv4"
+    weights: str | None = None
+    """None (scratch), `imagenet`, a weights file, or a fewshot run directory."""
+    backbone_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class MethodConfig(Section):
+    head: Literal[HEADS] = "protonet"  # type: ignore[valid-type]
+    distance: Literal["euclidean", "cosine"] = "euclidean"
+    inner_steps: int = Field(default=5, ge=0)
+    inner_lr: float = Field(default=0.01, gt=0)
+    first_order: bool = False
+    transductive: bool = False
+    """Batch-norm on query batch statistics (learn2learn's examples); off = inductive."""
+    chunk_size: int | None = Field(default=None, ge=1)
+    """Tasks per vmap chunk for MAML-family heads; None chooses by device."""
+    steps: int = Field(default=100, ge=1)
+    """Optimisation steps of test-time heads (linear-probe, finetune)."""
+    lr: float = Field(default=0.01, gt=0)
+
+
+class TrainConfig(Section):
+    ways: int = Field(default=5, ge=2)
+    shots: int = Field(default=5, ge=1)
+    queries: int = Field(default=15, ge=1)
+    meta_batch: int = Field(default=1, ge=1)
+    episodes: int = Field(default=2000, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    augment: bool = True
+    amp: bool = True
+    val_every: int = Field(default=200, ge=1)
+    val_episodes: int = Field(default=300, ge=1)
+    patience: int = Field(default=5, ge=1)
+    checkpoint_every: int = Field(default=100, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+class EvalConfig(Section):
+    split: Literal["base", "val", "novel"] = "novel"
+    ways: int = Field(default=5, ge=2)
+    shots: int = Field(default=5, ge=1)
+    queries: int = Field(default=15, ge=1)
+    episodes: int = Field(default=600, ge=1)
+    seed: int = 0
+
+
+class TrackingConfig(Section):
+    wandb: bool = True
+    project: str = "fewshot"
+    entity: str | None = None
+    run_name: str | None = None
+    log_every: int = Field(default=1, ge=1)
+
+
+class Config(Section):
+    name: str | None = None
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def packaged(name: str) -> Path:
+    """Path of a file shipped in `fewshot/resources` (quickstart config, task, sample)."""
+    return Path(str(resources.files("fewshot") / "resources" / name))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UsageError("config file not found", path, "check the path given to --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f"{path}:{line + 1}" if line is not None else path
+        raise UsageError("config is not valid YAML", where, "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise UsageError("config must be a mapping of sections", path, "see configs/*.yaml")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `section.key=value` (value parsed as YAML) in place."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise UsageError("--set needs KEY=VALUE", assignment, "e.g. --set train.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UsageError("cannot set a key below a plain value", key, "check the key path")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate(data: dict[str, Any], source: object = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise UsageError(
+                f"unknown config key in {source}", key, "remove it or check its spelling"
+            ) from None
+        raise UsageError(f"invalid config value in {source}", key, err["msg"]) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a config (default: the shipped quickstart) and apply `--set` overrides."""
+    source = Path(path) if path else packaged("configs/quickstart.yaml")
+    data = _read_yaml(source)
+    validate(data, source)  # report file errors before override errors
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return validate(data, source if not overrides else "config or --set")
+
+
+def dump_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

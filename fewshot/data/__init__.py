@@ -1,0 +1,1 @@
+"""Data layer: image folders, task splits, decoded cache and episode samplers."""

@@ -1,0 +1,220 @@
+"""Seeded N-way K-shot Q-query episodes (CONTRACT.md).
+
+Episode `i` of a stream is a pure function of `(seed, i)`: its classes and images come
+from a generator seeded with both, so resuming, sharding and comparing methods see the
+same episodes. Order is class-major (the K support images of label 0, then label 1, ...;
+the query likewise) and labels 0..N-1 follow the sampled class order. With groups
+(patient, slide, source image) no group gives images to both support and query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from fewshot.data.folders import load_tensor
+from fewshot.errors import DataError, UsageError
+
+GROUP_TRIES = 20
+
+
+@dataclass(frozen=True)
+class Episode:
+    index: int
+    classes: np.ndarray
+    """Original class ids in sampled order: label j of the episode is `classes[j]`."""
+    support: np.ndarray
+    """Sample indices `[N*K]`, class-major."""
+    query: np.ndarray
+    """Sample indices `[N*Q]`, class-major."""
+
+
+def episode_labels(ways: int, per_class: int, device: torch.device | str | None = None) -> Tensor:
+    """Labels of a class-major set: `[0]*per_class + [1]*per_class + ...`."""
+    return torch.arange(ways, device=device).repeat_interleave(per_class)
+
+
+class EpisodeSampler:
+    """Draws episodes over integer class labels; also a torch `batch_sampler`.
+
+    As a batch sampler each item is the flat index list of `tasks_per_batch` episodes,
+    each support-then-query, so a DataLoader returns `B*(N*K + N*Q)` images in order.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray | Tensor,
+        ways: int,
+        shots: int,
+        queries: int,
+        episodes: int = 600,
+        seed: int = 0,
+        tasks_per_batch: int = 1,
+        allow_fewer_queries: bool = False,
+        groups: Sequence[int] | np.ndarray | None = None,
+        class_names: Sequence[str] | None = None,
+        start: int = 0,
+    ) -> None:
+        labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels, np.int64)
+        self.class_ids = np.unique(labels)
+        self.by_class = {int(c): np.flatnonzero(labels == c) for c in self.class_ids}
+        self.class_names = list(class_names) if class_names is not None else None
+        self.groups = None if groups is None else np.asarray(groups, dtype=np.int64)
+        if self.groups is not None and len(self.groups) != len(labels):
+            raise ValueError("groups must have one entry per sample")
+        if ways > len(self.class_ids):
+            raise UsageError(
+                f"{ways}-way episodes need {ways} classes, the data has {len(self.class_ids)}",
+                "--ways", f"use --ways {len(self.class_ids)} or fewer",
+            )
+        if shots < 1 or queries < 1:
+            raise UsageError("shots and queries must be at least 1", f"{shots}/{queries}", "")
+        smallest = min(self.by_class, key=lambda c: len(self.by_class[c]))
+        have = len(self.by_class[smallest])
+        if have < shots + queries:
+            if not allow_fewer_queries or have - shots < 1:
+                raise DataError(
+                    f"class has {have} images, fewer than shots + queries = {shots + queries}",
+                    self._name(smallest),
+                    "lower --shots/--queries, add images, or allow fewer queries",
+                )
+            queries = have - shots
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.episodes, self.seed, self.start = episodes, seed, start
+        self.tasks_per_batch = tasks_per_batch
+
+    def _name(self, class_id: int) -> str:
+        return self.class_names[class_id] if self.class_names else f"class {class_id}"
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, index])
+
+    def episode(self, index: int) -> Episode:
+        """Episode `index`: a pure function of `(seed, index)`."""
+        rng = self.rng(index)
+        classes = rng.choice(self.class_ids, size=self.ways, replace=False)
+        support, query = [], []
+        for class_id in classes.tolist():
+            pool = self.by_class[class_id]
+            if self.groups is None:
+                order = pool[rng.permutation(len(pool))]
+                support.append(order[: self.shots])
+                query.append(order[self.shots : self.shots + self.queries])
+            else:
+                s, q = self._grouped(rng, pool, class_id)
+                support.append(s)
+                query.append(q)
+        return Episode(index, classes, np.concatenate(support), np.concatenate(query))
+
+    def _grouped(self, rng: np.random.Generator, pool: np.ndarray,
+                 class_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Support from whole groups in random order; query only from the other groups."""
+        assert self.groups is not None
+        pool_groups = self.groups[pool]
+        for _ in range(GROUP_TRIES):
+            order = pool[rng.permutation(len(pool))]
+            group_order = {g: r for r, g in enumerate(rng.permutation(np.unique(pool_groups)))}
+            order = order[np.argsort([group_order[g] for g in self.groups[order]], kind="stable")]
+            support = order[: self.shots]
+            used = np.isin(self.groups[order], self.groups[support])
+            query = order[~used][: self.queries]
+            if len(query) == self.queries:
+                return support, query
+        raise DataError(
+            f"cannot draw {self.shots} support and {self.queries} query images from "
+            "different groups",
+            self._name(class_id), "lower --shots/--queries or check the group key",
+        )
+
+    def __len__(self) -> int:
+        return -(-(self.episodes - self.start) // self.tasks_per_batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for first in range(self.start, self.episodes, self.tasks_per_batch):
+            batch: list[int] = []
+            for index in range(first, min(first + self.tasks_per_batch, self.episodes)):
+                ep = self.episode(index)
+                batch.extend(ep.support.tolist())
+                batch.extend(ep.query.tolist())
+            yield batch
+
+
+@dataclass
+class EpisodeBatch:
+    """A batch of B tasks: support `[B, N*K, C, H, W]`, query `[B, N*Q, C, H, W]`."""
+
+    support: Tensor
+    support_labels: Tensor
+    query: Tensor
+    query_labels: Tensor
+    episodes: list[Episode]
+
+    @property
+    def ways(self) -> int:
+        return len(self.episodes[0].classes)
+
+    def to(self, device: torch.device | str) -> EpisodeBatch:
+        return EpisodeBatch(
+            self.support.to(device, non_blocking=True), self.support_labels.to(device),
+            self.query.to(device, non_blocking=True), self.query_labels.to(device), self.episodes,
+        )
+
+
+def split_batch(images: Tensor, sampler: EpisodeSampler,
+                episodes: list[Episode]) -> EpisodeBatch:
+    """Reshape a flat support-then-query image batch (as the batch sampler orders it)."""
+    n, k, q = sampler.ways, sampler.shots, sampler.queries
+    tasks = images.reshape(len(episodes), n * (k + q), *images.shape[1:])
+    return EpisodeBatch(
+        support=tasks[:, : n * k],
+        support_labels=episode_labels(n, k, images.device).expand(len(episodes), -1),
+        query=tasks[:, n * k :],
+        query_labels=episode_labels(n, q, images.device).expand(len(episodes), -1),
+        episodes=episodes,
+    )
+
+
+class TensorEpisodes:
+    """Episodes gathered straight from an in-memory image tensor `[N, C, H, W]`.
+
+    `transform` turns the gathered (e.g. uint8) images into model inputs; the decoded
+    cache plugs in here, so no image is decoded per episode.
+    """
+
+    def __init__(self, images: Tensor, sampler: EpisodeSampler,
+                 transform: Callable[[Tensor], Tensor] | None = None) -> None:
+        self.images, self.sampler, self.transform = images, sampler, transform
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def batch(self, indices: Sequence[int]) -> EpisodeBatch:
+        episodes = [self.sampler.episode(i) for i in indices]
+        flat = np.concatenate([np.concatenate([e.support, e.query]) for e in episodes])
+        images = self.images[torch.from_numpy(flat).to(self.images.device)]
+        if self.transform is not None:
+            images = self.transform(images)
+        return split_batch(images, self.sampler, episodes)
+
+    def __iter__(self) -> Iterator[EpisodeBatch]:
+        s = self.sampler
+        for first in range(s.start, s.episodes, s.tasks_per_batch):
+            yield self.batch(range(first, min(first + s.tasks_per_batch, s.episodes)))
+
+
+class ImageFileDataset(Dataset):
+    """Decodes image files on demand as uint8 `[C, H, W]` tensors (the slow, simple path)."""
+
+    def __init__(self, paths: Sequence, labels: Sequence[int], size: int) -> None:
+        self.paths, self.labels, self.size = list(paths), list(labels), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return torch.from_numpy(load_tensor(self.paths[index], self.size)), self.labels[index]

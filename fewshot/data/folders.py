@@ -1,0 +1,140 @@
+"""Folder-per-class image sets (`root/<class>/<image>`) and the one rule for pixels.
+
+Every image, whatever its file mode, becomes 3-channel 8-bit RGB by `to_rgb8`:
+- 8-bit grayscale (L) is repeated into three channels;
+- 16- and 32-bit integer or float images (I;16, I, F) are rescaled linearly from the
+  image's own minimum..maximum to 0..255 (a constant image becomes 0), then repeated;
+- palette (P) images are expanded through their palette;
+- an alpha channel (RGBA, LA, PA) is composited over black, then dropped;
+- CMYK, YCbCr and other colour modes are converted to RGB by Pillow.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fewshot.errors import DataError, UsageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in {"Thumbs.db", "desktop.ini", "__MACOSX"}
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+@dataclass
+class ImageFolder:
+    """The files of one dataset root: class names (sorted) and (path, class index) pairs."""
+
+    root: Path
+    classes: list[str]
+    samples: list[tuple[Path, int]]
+    others: list[Path] = field(default_factory=list)
+    """Visible files that are not images by extension (reported by `data check`)."""
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.fromiter((label for _, label in self.samples), dtype=np.int64, count=len(self))
+
+    @property
+    def paths(self) -> list[Path]:
+        return [path for path, _ in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return dict(zip(self.classes, counts.tolist(), strict=True))
+
+
+def list_class_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Images (recursively, sorted) and other visible files under one class folder."""
+    images: list[Path] = []
+    others: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        for name in sorted(filenames):
+            if is_hidden(name):
+                continue
+            path = Path(dirpath) / name
+            (images if is_image_file(path) else others).append(path)
+    return images, others
+
+
+def scan_folder(root: str | Path, classes: list[str] | None = None) -> ImageFolder:
+    """Index `root/<class>/...`; `classes` restricts (and orders) the classes read."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError("folder not found", root, "pass a folder laid out as <class>/<images>")
+    on_disk = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
+    if classes is None:
+        classes = on_disk
+    else:
+        missing = [c for c in classes if c not in on_disk]
+        if missing:
+            raise UsageError(
+                "class not found on disk", root / missing[0], "fix the class name or the data root"
+            )
+    samples: list[tuple[Path, int]] = []
+    others: list[Path] = []
+    for label, name in enumerate(classes):
+        images, extra = list_class_files(root / name)
+        samples.extend((path, label) for path in images)
+        others.extend(extra)
+    if not classes:
+        raise DataError(
+            "no class folders found", root, "put images in one sub-folder per class"
+        )
+    return ImageFolder(root=root, classes=list(classes), samples=samples, others=others)
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Apply the module's documented rule; returns an RGB image."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}:
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else array * 0.0
+        gray = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+        return gray.convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, size: int | None = None) -> Image.Image:
+    """Decode fully (so truncated files fail here), convert by the rule, resize square."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = to_rgb8(image)
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise DataError(
+            f"cannot read image: {exc}", path, "replace or remove the file"
+        ) from None
+    if size is not None and rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return rgb
+
+
+def load_tensor(path: str | Path, size: int | None = None) -> np.ndarray:
+    """uint8 `[C, H, W]` array of an image, channel-first as the cache stores it."""
+    return np.ascontiguousarray(np.asarray(load_image(path, size)).transpose(2, 0, 1))

@@ -1,0 +1,55 @@
+"""Patient / source groups, so one source never feeds both support and query.
+
+A dataset's group key is either a regex over the file name whose first capture group
+(or whole match) names the group, e.g. Chula `^(\\d+)_` = the source smear image, or
+a CSV file with columns `path,group` (paths relative to the dataset root).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+
+from fewshot.errors import UsageError
+
+
+def read_group_csv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise UsageError("group CSV not found", path, "write it with `fewshot data check "
+                         "--write-groups` or fix the task's group key")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = csv.DictReader(handle)
+        if rows.fieldnames is None or not {"path", "group"} <= set(rows.fieldnames):
+            raise UsageError("group CSV needs columns path,group", path, "fix its header")
+        return {row["path"]: row["group"] for row in rows}
+
+
+def group_of(path: Path, key: str | None, root: Path, table: dict[str, str] | None) -> str:
+    if key is None:
+        return f"file:{path}"  # every ungrouped image is its own group
+    if table is not None:
+        rel = path.relative_to(root).as_posix()
+        return table.get(rel, f"file:{path}")
+    match = re.search(key, path.name)
+    if match is None:
+        return f"file:{path}"
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def group_ids(paths: list[Path], keys: list[tuple[str, str | None]],
+              roots: dict[str, Path]) -> np.ndarray:
+    """Integer group id per image; `keys[i]` is (dataset, group key) of image i."""
+    tables: dict[str, dict[str, str]] = {}
+    for dataset, key in set(keys):
+        if key and key.endswith(".csv"):
+            csv_path = Path(key) if Path(key).is_absolute() else roots[dataset] / key
+            tables[dataset] = read_group_csv(csv_path)
+    names = [
+        f"{dataset}:{group_of(path, key, roots[dataset], tables.get(dataset))}"
+        for path, (dataset, key) in zip(paths, keys, strict=True)
+    ]
+    _, ids = np.unique(np.asarray(names), return_inverse=True)
+    return ids.astype(np.int64)

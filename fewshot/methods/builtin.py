@@ -1,0 +1,1 @@
+"""Imports every built-in head so that its `@register_head` runs."""

@@ -1,0 +1,5 @@
+"""Encoders by name: `build_backbone("conv4")`; users add their own with `register_backbone`."""
+
+from fewshot.models.registry import BACKBONES, Backbone, build_backbone, register_backbone
+
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "register_backbone"]

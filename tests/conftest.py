@@ -1,0 +1,48 @@
+"""Tiny synthetic image folders written by the tests themselves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_image(path: Path, rng: np.random.Generator, size: int = 16, colour=None,
+                mode: str = "RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    if colour is not None:  # a class-specific tint makes classes separable
+        pixels = (pixels // 4 + np.asarray(colour, dtype=np.uint8) // 4 * 3).astype(np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path)
+    return path
+
+
+def make_folder(root: Path, classes: dict[str, int], size: int = 16, seed: int = 0,
+                ext: str = ".png") -> Path:
+    """`root/<class>/img_XXX<ext>` with `classes[name]` images each, separable by colour."""
+    rng = np.random.default_rng(seed)
+    for c, (name, count) in enumerate(classes.items()):
+        colour = [(c * 97) % 256, (c * 53 + 80) % 256, (c * 181 + 160) % 256]
+        for i in range(count):
+            write_image(root / name / f"img_{i:03d}{ext}", rng, size, colour)
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "data", {"alpha": 25, "beta": 25, "gamma": 25, "delta": 25})
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a fresh process, as a user would."""
+    import os
+
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    full_env.pop("FEWSHOT_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "fewshot", *args], capture_output=True,
+                          text=True, cwd=cwd, env=full_env, timeout=timeout)
