@@ -25,7 +25,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Check image folders; write the shipped sample.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-out = Console(highlight=False, soft_wrap=True)
+screen = Console(highlight=False, soft_wrap=True)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors.")]
 
@@ -64,15 +64,77 @@ def data_check(
         for stat in report.classes:
             modes = ", ".join(f"{m}" for m, _ in stat.modes.most_common()) or "-"
             table.add_row(stat.name, str(stat.images), stat.min_size(), stat.median_size(), modes)
-        out.print(table)
+        screen.print(table)
     for kind, path, reason in report.findings:
-        out.print(f"{kind}: {path}: {reason}", markup=False)
+        screen.print(f"{kind}: {path}: {reason}", markup=False)
     if report.findings:
         summary = ", ".join(f"{n} {kind}" for kind, n in sorted(report.kinds().items()))
         print(f"{len(report.findings)} problem(s): {summary}", file=sys.stderr)
         raise typer.Exit(1)
-    out.print(f"ok: {sum(s.images for s in report.classes)} images in "
+    screen.print(f"ok: {sum(s.images for s in report.classes)} images in "
               f"{len(report.classes)} classes, no problems found")
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Experiment config "
+                                                  "(YAML); default: the shipped quickstart.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override one config key, "
+                                                  "e.g. --set train.lr=0.01 (repeatable).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory "
+                                             "(default runs/<name>-<time>).")]
+ResumeOpt = Annotated[str | None, typer.Option(
+    "--resume", is_flag=False, flag_value="runs/latest", metavar="[RUN_DIR]",
+    help="Continue a run from its checkpoint (default runs/latest).")]
+DataRootOpt = Annotated[str | None, typer.Option("--data-root", envvar="FEWSHOT_DATA",
+                                                 help="Root of the task's datasets.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
+WandbOpt = Annotated[bool | None, typer.Option("--wandb/--no-wandb",
+                                               help="Log to W&B (offline unless configured).")]
+
+
+def training_config(config: Path | None, overrides: list[str] | None, resume: str | None,
+                    device: str | None, seed: int | None):
+    """The resolved config of a training command, and the run being resumed, if any."""
+    from fewshot.config import load_config
+    from fewshot.run import resolve_run
+
+    run = resolve_run(resume) if resume is not None else None
+    if run is not None and config is None:
+        config = run.config_path
+    extra = list(overrides or [])
+    if device is not None:
+        extra.append(f"train.device={device}")
+    if seed is not None:
+        extra.append(f"train.seed={seed}")
+    return load_config(config, extra), run
+
+
+@app.command("meta-train")
+def meta_train_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
+    resume: ResumeOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = None,
+    seed: SeedOpt = None, wandb: WandbOpt = None, quiet: Quiet = False,
+) -> None:
+    """Meta-train an encoder and head on episodes of the base classes, keeping the model
+    that does best on the held-apart val classes. No arguments: the shipped quickstart."""
+    from fewshot.train.meta_train import Interrupted, meta_train
+
+    cfg, run = training_config(config, set_, resume, device, seed)
+    config_dir = config.parent if config is not None else None
+    try:
+        result = meta_train(cfg, out=out, resume=run, data_root=data_root,
+                            config_dir=config_dir, use_wandb=wandb, quiet=quiet)
+    except Interrupted as stop:
+        print(f"interrupted: checkpoint saved; resume with: fewshot meta-train --resume "
+              f"{stop.run.path}", file=sys.stderr)
+        raise typer.Exit(130) from None
+    meta = result.read_meta()
+    best = meta["metrics"].get("val/acc")
+    screen.print(f"model written to {result.path}"
+              + (f" (val accuracy {100 * best:.2f}%)" if best is not None else ""))
+    if not quiet:
+        screen.print("next: fewshot data sample new_disease/   then: "
+                  "fewshot adapt --shots 5 new_disease/")
 
 
 def _click_error(exc: BaseException) -> int | None:

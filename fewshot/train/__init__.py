@@ -1,0 +1,1 @@
+"""Training loops: supervised pretraining and episodic meta-training."""
