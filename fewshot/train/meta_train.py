@@ -213,7 +213,8 @@ def write_prototypes(run: RunDir, encoder: nn.Module, images: Tensor, data: Spli
 
 def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir | None = None,
                data_root: str | None = None, config_dir: Path | None = None,
-               use_wandb: bool | None = None, quiet: bool = False) -> RunDir:
+               use_wandb: bool | None = None, log_model: bool = False,
+               quiet: bool = False) -> RunDir:
     """Run (or resume) meta-training; returns the run directory."""
     t = config.train
     device = pick_device(t.device)
@@ -351,5 +352,7 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
     write_prototypes(run, head.encoder, base_images, base, normalize, device)
     run.write_meta(model_meta(config, task, image_size, head, ways, state))
     tracker.summary({"val/best_acc": state.best_acc, "best_episode": state.best_episode})
+    if log_model:
+        tracker.log_artifact(run.path, name=f"model-{run.path.name}")
     tracker.finish()
     return run
