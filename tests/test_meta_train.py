@@ -91,7 +91,7 @@ def _cli_train(tiny_task: Path, out: Path, *extra: str, **popen) -> subprocess.P
     args = [sys.executable, "-m", "fewshot", "meta-train", "--quiet", "--no-wandb",
             "--set", f"data.task={tiny_task}", *sum((["--set", s] for s in TINY), []),
             "--out", str(out), *extra]
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(args, cwd=out.parent, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen)
 
@@ -140,7 +140,7 @@ def test_sigkill_then_resume_reaches_the_same_weights(tiny_task, tmp_path):
 
 def test_ctrl_c_saves_exits_130_and_resume_finishes(tiny_task, tmp_path):
     run_dir = tmp_path / "run"
-    process = _cli_train(tiny_task, run_dir, *TRAIN, "--set", "train.episodes=400")
+    process = _cli_train(tiny_task, run_dir, *TRAIN, "--set", "train.episodes=120")
     _wait_for_checkpoint(run_dir, process, 4)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
@@ -148,14 +148,14 @@ def test_ctrl_c_saves_exits_130_and_resume_finishes(tiny_task, tmp_path):
     assert "fewshot meta-train --resume" in err and "Traceback" not in err
     state = torch.load(run_dir / "checkpoint/state.pt", weights_only=True)
     stopped_at = state["train"]["next_episode"]
-    assert 4 <= stopped_at < 400
+    assert 4 <= stopped_at < 120
     load_file(run_dir / "checkpoint/last.safetensors")
 
     done = run_cli("meta-train", "--quiet", "--resume", str(run_dir), "--set",
                    "train.patience=1000", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     meta = json.loads((run_dir / "model.json").read_text())
-    assert meta["metrics"]["episodes_trained"] == 400
+    assert meta["metrics"]["episodes_trained"] == 120
 
 
 def _wandb_records(wandb_dir: Path) -> list[dict]:
