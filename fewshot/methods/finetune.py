@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.methods.base import FewShotHead, register_head
-from fewshot.methods.common import flip_rotate
 from fewshot.methods.linear_probe import train_linear
 from fewshot.methods.simpleshot import centre_normalise
 from fewshot.models.registry import last_stage_parameters
+from fewshot.train.augment import flip_rotate
 
 
 @register_head("finetune")

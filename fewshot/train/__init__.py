@@ -1,0 +1,1 @@
+"""Training loops: supervised pretraining (here) and meta-training."""
