@@ -25,9 +25,35 @@ app = typer.Typer(
 data_app = typer.Typer(help="Check image folders; write the shipped sample.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-out = Console(highlight=False, soft_wrap=True)
+screen = Console(highlight=False, soft_wrap=True)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors.")]
+
+
+def _opt(*decls: str, metavar: str | None = None, help: str, **kw):
+    return typer.Option(*decls, metavar=metavar, help=help, **kw)
+
+
+ConfigOpt = Annotated[Path | None, _opt("--config", "-c", metavar="FILE", help="Experiment "
+                                        "config (YAML); default: the shipped quickstart.")]
+SetOpt = Annotated[list[str] | None, _opt("--set", metavar="KEY=VALUE", help="Override one "
+                                          "config key, e.g. --set train.lr=0.01 (repeatable).")]
+OutOpt = Annotated[Path | None, _opt("--out", metavar="RUN_DIR",
+                                     help="Run directory (default runs/<name>-<time>).")]
+ResumeOpt = Annotated[str | None, _opt(
+    "--resume", is_flag=False, flag_value="runs/latest", metavar="[RUN_DIR]",
+    help="Continue a run from its checkpoint (default runs/latest).")]
+DataRootOpt = Annotated[str | None, _opt("--data-root", envvar="FEWSHOT_DATA", metavar="DIR",
+                                         help="Root of the task's datasets.")]
+DeviceOpt = Annotated[str | None, _opt("--device", metavar="NAME", help="auto, cpu, cuda or mps.")]
+SeedOpt = Annotated[int | None, _opt("--seed", metavar="S", help="Random seed.")]
+WandbOpt = Annotated[bool | None, _opt("--wandb/--no-wandb",
+                                       help="Log to W&B (offline unless configured).")]
+ProjectOpt = Annotated[str | None, _opt("--wandb-project", metavar="NAME", help="W&B project.")]
+EntityOpt = Annotated[str | None, _opt("--wandb-entity", metavar="NAME",
+                                       help="W&B entity (team).")]
+RunNameOpt = Annotated[str | None, _opt("--run-name", metavar="NAME", help="W&B run name.")]
+LogModelOpt = Annotated[bool, _opt("--log-model", help="Log the run directory as a W&B artifact.")]
 
 
 def _version(value: bool) -> None:
@@ -48,8 +74,10 @@ def root(
 def data_check(
     folder: Annotated[Path, typer.Argument(metavar="DIR",
                                            help="Folder laid out as <class>/<images>.")],
-    shots: Annotated[int, typer.Option(min=1, help="Support images per class.")] = 5,
-    queries: Annotated[int, typer.Option(min=0, help="Query images per class.")] = 15,
+    shots: Annotated[int, _opt("--shots", min=1, metavar="K",
+                               help="Support images per class.")] = 5,
+    queries: Annotated[int, _opt("--queries", min=0, metavar="Q",
+                                 help="Query images per class.")] = 15,
     quiet: Quiet = False,
 ) -> None:
     """Per-class table and every problem found: unreadable files, empty or small
@@ -64,15 +92,68 @@ def data_check(
         for stat in report.classes:
             modes = ", ".join(f"{m}" for m, _ in stat.modes.most_common()) or "-"
             table.add_row(stat.name, str(stat.images), stat.min_size(), stat.median_size(), modes)
-        out.print(table)
+        screen.print(table)
     for kind, path, reason in report.findings:
-        out.print(f"{kind}: {path}: {reason}", markup=False)
+        screen.print(f"{kind}: {path}: {reason}", markup=False)
     if report.findings:
         summary = ", ".join(f"{n} {kind}" for kind, n in sorted(report.kinds().items()))
         print(f"{len(report.findings)} problem(s): {summary}", file=sys.stderr)
         raise typer.Exit(1)
-    out.print(f"ok: {sum(s.images for s in report.classes)} images in "
+    screen.print(f"ok: {sum(s.images for s in report.classes)} images in "
               f"{len(report.classes)} classes, no problems found")
+
+
+def training_config(config: Path | None, overrides: list[str] | None, resume: str | None,
+                    device: str | None, seed: int | None, project: str | None = None,
+                    entity: str | None = None, run_name: str | None = None):
+    """The resolved config of a training command, and the run being resumed, if any."""
+    from fewshot.config import load_config
+    from fewshot.run import resolve_run
+
+    run = resolve_run(resume) if resume is not None else None
+    if run is not None and config is None:
+        config = run.config_path
+    extra = list(overrides or [])
+    if device is not None:
+        extra.append(f"train.device={device}")
+    if seed is not None:
+        extra.append(f"train.seed={seed}")
+    for key, value in (("project", project), ("entity", entity), ("run_name", run_name)):
+        if value is not None:
+            extra.append(f"tracking.{key}={value}")
+    return load_config(config, extra), run
+
+
+@app.command("meta-train")
+def meta_train_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
+    resume: ResumeOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = None,
+    seed: SeedOpt = None, wandb: WandbOpt = None, wandb_project: ProjectOpt = None,
+    wandb_entity: EntityOpt = None, run_name: RunNameOpt = None, log_model: LogModelOpt = False,
+    quiet: Quiet = False,
+) -> None:
+    """Meta-train an encoder and head on episodes of the base classes, keeping the model
+    that does best on the held-apart val classes. No arguments: the shipped quickstart."""
+    from fewshot.train.meta_train import Interrupted, meta_train
+
+    cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
+                               wandb_entity, run_name)
+    config_dir = config.parent if config is not None else None
+    try:
+        result = meta_train(cfg, out=out, resume=run, data_root=data_root,
+                            config_dir=config_dir, use_wandb=wandb, log_model=log_model,
+                            quiet=quiet)
+    except Interrupted as stop:
+        print(f"interrupted: checkpoint saved; resume with: fewshot meta-train --resume "
+              f"{stop.run.path}", file=sys.stderr)
+        raise typer.Exit(130) from None
+    meta = result.read_meta()
+    best = meta["metrics"].get("val/acc")
+    screen.print(f"model written to {result.path}"
+              + (f" (val accuracy {100 * best:.2f}%)" if best is not None else ""))
+    if not quiet:
+        screen.print("next: fewshot data sample new_disease/   then: "
+                  "fewshot adapt --shots 5 new_disease/")
 
 
 def _click_error(exc: BaseException) -> int | None:

@@ -1,10 +1,21 @@
-"""Progress display and metric logging, in one place for every command."""
+"""Metric logging and progress, in one place for every command.
+
+`Tracker.log` writes every metric to the run's `metrics.jsonl` (always) and to Weights &
+Biases (when on). W&B runs offline unless the user configured it (`WANDB_MODE`,
+`WANDB_API_KEY`, or `wandb login`); a W&B failure warns once and never stops training.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import netrc
+import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -18,7 +29,7 @@ from rich.progress import (
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def make_progress(quiet: bool = False) -> Progress:
@@ -31,7 +42,7 @@ def make_progress(quiet: bool = False) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=quiet or not sys.stderr.isatty(),
+        disable=quiet or not console.is_terminal,
         transient=False,
     )
 
@@ -43,3 +54,163 @@ def track(items: Iterable[T], total: int | None, description: str,
         for item in items:
             yield item
             progress.advance(task)
+
+
+class PlainProgress:
+    """Progress as occasional plain lines, for logs and pipes (no TTY) unless quiet."""
+
+    def __init__(self, description: str, total: int, quiet: bool, every_s: float = 10.0):
+        self.description, self.total, self.quiet, self.every_s = description, total, quiet, every_s
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int, status: str = "") -> None:
+        now = time.monotonic()
+        if self.quiet or (now - self.last < self.every_s and done < self.total):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else math.inf
+        eta_text = f"{eta:.0f}s" if math.isfinite(eta) else "?"
+        print(f"{self.description}: {done}/{self.total} {status} eta {eta_text}",
+              file=sys.stderr, flush=True)
+
+
+def wandb_configured() -> bool:
+    """True when the user set W&B up themselves (we then respect their mode)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        host = netrc.netrc().authenticators("api.wandb.ai")
+    except (OSError, netrc.NetrcParseError):
+        host = None
+    return host is not None
+
+
+def wandb_mode() -> str:
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if wandb_configured() else "offline"
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Tracker:
+    """One run's metrics: `metrics.jsonl` always, W&B when enabled."""
+
+    def __init__(self, run_dir: str | Path | None, *, job_type: str, config: dict | None = None,
+                 use_wandb: bool = True, project: str = "fewshot", entity: str | None = None,
+                 name: str | None = None, quiet: bool = False) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.job_type, self.quiet = job_type, quiet
+        self.metrics_file = None
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self.wandb_run = None
+        self._warned = False
+        if use_wandb:
+            self._start_wandb(config or {}, project, entity, name)
+
+    def _start_wandb(self, config: dict, project: str, entity: str | None,
+                     name: str | None) -> None:
+        try:
+            import wandb
+
+            from fewshot import __version__
+
+            self.mode = wandb_mode()
+            settings = wandb.Settings(silent=True, console="off", x_disable_stats=True)
+            self.wandb_run = wandb.init(
+                project=project, entity=entity, name=name, job_type=self.job_type,
+                dir=str(self.run_dir) if self.run_dir else None, mode=self.mode,
+                config={**config, "fewshot_version": __version__}, settings=settings,
+                reinit="create_new",
+            )
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop the work
+            self._warn(exc)
+
+    def _warn(self, exc: BaseException) -> None:
+        if not self._warned:
+            console.print(f"warning: W&B logging failed, continuing without it ({exc})")
+            self._warned = True
+        self.wandb_run = None
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        record = {"step": step, "time": round(time.time(), 3),
+                  **{k: _jsonable(v) for k, v in metrics.items()}}
+        if self.metrics_file is not None:
+            self.metrics_file.write(json.dumps(record) + "\n")
+            self.metrics_file.flush()
+        if self.wandb_run is not None:
+            try:
+                self.wandb_run.log(metrics, step=step)
+            except Exception as exc:  # noqa: BLE001
+                self._warn(exc)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        """A table to W&B; its rows also go to metrics.jsonl under `key`."""
+        if self.metrics_file is not None:
+            record = {"step": step, key: [dict(zip(columns, r, strict=True)) for r in rows]}
+            self.metrics_file.write(json.dumps(record, default=str) + "\n")
+            self.metrics_file.flush()
+        if self.wandb_run is not None:
+            try:
+                import wandb
+
+                self.wandb_run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+            except Exception as exc:  # noqa: BLE001
+                self._warn(exc)
+
+    def log_wandb(self, payload: dict[str, Any], step: int) -> None:
+        """W&B-only objects (images, plots); call with a function of `wandb`."""
+        if self.wandb_run is not None:
+            try:
+                self.wandb_run.log(payload, step=step)
+            except Exception as exc:  # noqa: BLE001
+                self._warn(exc)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.wandb_run is not None:
+            try:
+                self.wandb_run.summary.update(values)
+            except Exception as exc:  # noqa: BLE001
+                self._warn(exc)
+
+    def log_artifact(self, path: Path, name: str, kind: str = "model") -> None:
+        if self.wandb_run is not None:
+            try:
+                import wandb
+
+                artifact = wandb.Artifact(name, type=kind)
+                artifact.add_dir(str(path)) if path.is_dir() else artifact.add_file(str(path))
+                self.wandb_run.log_artifact(artifact)
+            except Exception as exc:  # noqa: BLE001
+                self._warn(exc)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+            self.metrics_file = None
+        run, self.wandb_run = self.wandb_run, None
+        if run is None:
+            return
+        try:
+            run_dir = Path(run.dir).parent  # .../wandb/offline-run-*/files -> the run folder
+            run.finish(exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001
+            self._warn(exc)
+            return
+        if self.mode == "offline" and not self.quiet:
+            console.print(f"W&B run saved offline; upload it with: wandb sync {run_dir}")
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish(exit_code=0 if exc_type is None else 1)

@@ -1,1 +1,1 @@
-"""Training loops: supervised pretraining (here) and meta-training."""
+"""Training loops: supervised pretraining and episodic meta-training."""

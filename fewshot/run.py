@@ -1,0 +1,224 @@
+"""Run directories (CONTRACT.md): everything a run writes, and how it is read back.
+
+    runs/<name>/config.yaml                 resolved config
+    runs/<name>/model.safetensors           best weights (encoder.* and head.* keys)
+    runs/<name>/model.json                  what is needed to rebuild the model
+    runs/<name>/prototypes.safetensors      base-class mean features + base feature mean
+    runs/<name>/checkpoint/last.safetensors latest weights
+    runs/<name>/checkpoint/state.pt         optimiser/scheduler/RNG state, next episode
+    runs/<name>/metrics.jsonl               every logged metric, one JSON object a line
+    runs/latest                             symlink to the newest run directory
+
+Every file is written to a temporary name and renamed, so a kill never leaves a torn
+file; loading never executes code (safetensors, `torch.load(weights_only=True)`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from fewshot import __version__
+from fewshot.errors import DataError, UsageError
+
+FORMAT_VERSION = 1
+RUNS = Path("runs")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+                 ) -> None:
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+
+
+def load_tensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise DataError(f"cannot read weights: {exc}", path, "the file is damaged; "
+                        "re-run the command that wrote it") from None
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree fewshot runs from, if it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class RunDir:
+    """A run directory; see the module docstring for its layout."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, name: str, out: str | Path | None = None) -> RunDir:
+        """`out` as given, else `runs/<name>-<date>-<time>`; `runs/latest` points to it."""
+        if out is not None:
+            path = Path(out)
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = RUNS / f"{name}-{stamp}"
+            suffix = 1
+            while path.exists():
+                suffix += 1
+                path = RUNS / f"{name}-{stamp}-{suffix}"
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        run.link_latest()
+        return run
+
+    def link_latest(self) -> None:
+        RUNS.mkdir(exist_ok=True)
+        link = RUNS / "latest"
+        tmp = RUNS / f".latest.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(self.path.resolve(), target_is_directory=True)
+        os.replace(tmp, link)
+
+    # paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / "model.json"
+
+    @property
+    def prototypes_path(self) -> Path:
+        return self.path / "prototypes.safetensors"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoint"
+
+    # writing
+    def write_config(self, config: Any) -> None:
+        import yaml
+
+        data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        text = yaml.safe_dump(data, sort_keys=False)
+        atomic_write(self.config_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def save_model(self, weights: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        """Best model: weights first, then model.json (its presence marks a usable model)."""
+        save_tensors(self.model_path, weights, {"format": "fewshot"})
+        self.write_meta(meta)
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        full = {"format_version": FORMAT_VERSION, "fewshot_version": __version__,
+                "git_commit": git_commit(), **meta}
+        text = json.dumps(full, indent=2, sort_keys=False)
+        atomic_write(self.meta_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+    def save_prototypes(self, class_names: list[str], prototypes: Tensor,
+                        base_mean: Tensor) -> None:
+        save_tensors(self.prototypes_path, {"prototypes": prototypes, "base_mean": base_mean},
+                     {"class_names": json.dumps(class_names)})
+
+    def save_checkpoint(self, weights: dict[str, Tensor], state: dict[str, Any]) -> None:
+        """Latest weights and training state; the state is written last so that a state file
+        always refers to weights at least as new."""
+        save_tensors(self.checkpoint_dir / "last.safetensors", weights)
+        atomic_write(self.checkpoint_dir / "state.pt", lambda tmp: torch.save(state, tmp))
+
+    # reading
+    def read_meta(self) -> dict[str, Any]:
+        if not self.meta_path.is_file():
+            raise UsageError("not a fewshot run directory (no model.json)", self.path,
+                             "pass a directory written by pretrain or meta-train")
+        meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise UsageError("run directory written by a newer fewshot", self.path,
+                             "upgrade fewshot")
+        return meta
+
+    def load_weights(self) -> dict[str, Tensor]:
+        return load_tensors(self.model_path)
+
+    def load_prototypes(self) -> tuple[list[str], Tensor, Tensor]:
+        from safetensors import safe_open
+
+        if not self.prototypes_path.is_file():
+            raise UsageError("run has no prototypes.safetensors", self.path,
+                             "use a run written by pretrain or meta-train")
+        with safe_open(str(self.prototypes_path), "pt") as handle:
+            names = json.loads(handle.metadata()["class_names"])
+            return names, handle.get_tensor("prototypes"), handle.get_tensor("base_mean")
+
+    def has_checkpoint(self) -> bool:
+        return (self.checkpoint_dir / "state.pt").is_file()
+
+    def load_checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        if not self.has_checkpoint():
+            raise UsageError("no checkpoint to resume from", self.checkpoint_dir,
+                             "start a new run without --resume")
+        weights = load_tensors(self.checkpoint_dir / "last.safetensors")
+        state = torch.load(self.checkpoint_dir / "state.pt", weights_only=True,
+                           map_location="cpu")
+        return weights, state
+
+
+def resolve_run(path: str | Path | None) -> RunDir:
+    """A run directory as given, or `runs/latest`; exit 2 when it does not exist."""
+    target = Path(path) if path is not None else RUNS / "latest"
+    if not target.is_dir():
+        raise UsageError("run directory not found", target,
+                         "train one with `fewshot meta-train` or pass --model RUN_DIR")
+    return RunDir(target.resolve())
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states as tensors and plain values (loadable with weights_only=True)."""
+    import random
+
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
