@@ -156,6 +156,36 @@ def meta_train_cmd(
                   "fewshot adapt --shots 5 new_disease/")
 
 
+@app.command("pretrain")
+def pretrain_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
+    resume: ResumeOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = None,
+    seed: SeedOpt = None, wandb: WandbOpt = None, wandb_project: ProjectOpt = None,
+    wandb_entity: EntityOpt = None, run_name: RunNameOpt = None, quiet: Quiet = False,
+) -> None:
+    """Supervised pretraining of an encoder on the base classes (cross-entropy), keeping
+    the encoder with the best nearest-centroid accuracy on the val classes."""
+    from fewshot.train.meta_train import Interrupted
+    from fewshot.train.pretrain import pretrain
+
+    cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
+                               wandb_entity, run_name)
+    config_dir = config.parent if config is not None else None
+    try:
+        result = pretrain(cfg, out=out, resume=run, data_root=data_root, config_dir=config_dir,
+                          use_wandb=wandb, quiet=quiet)
+    except Interrupted as stop:
+        print(f"interrupted: checkpoint saved; resume with: fewshot pretrain --resume "
+              f"{stop.run.path}", file=sys.stderr)
+        raise typer.Exit(130) from None
+    best = result.read_meta()["metrics"].get("val/acc")
+    screen.print(f"model written to {result.path}"
+                 + (f" (val nearest-centroid accuracy {100 * best:.2f}%)" if best else ""))
+    if not quiet:
+        screen.print(f"next: fewshot evaluate --model {result.path} --head simpleshot "
+                     f"--head linear-probe --task {cfg.data.task}")
+
+
 def _click_error(exc: BaseException) -> int | None:
     """Exit code for the command-line parser's own exceptions (Typer vendors click, so
     they are matched by shape, not by class); None for anything else."""

@@ -46,6 +46,8 @@ from fewshot.train.meta_train import (
 
 VAL_PER_CLASS = 100
 """Validation images embedded per class after each epoch (episodes are drawn from them)."""
+PROTOTYPES_PER_CLASS = 200
+"""Base images per class averaged into prototypes.safetensors (one pass, bounded on CPU)."""
 
 
 class Classifier(nn.Module):
@@ -186,7 +188,9 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
             metrics.update({"val/acc": acc, "val/acc_ci95": ci})
             state.history.append({"epoch": epoch + 1, "acc": acc, "ci": ci})
             if not quiet:
-                console.print(f"epoch {epoch + 1}/{t.epochs}: val 5-way {t.shots}-shot nearest "
+                val_ways = min(t.ways, len(np.unique(val[1])))
+                console.print(f"epoch {epoch + 1}/{t.epochs}: val {val_ways}-way {t.shots}-shot "
+                              "nearest "
                               f"centroid {100 * acc:.2f} ± {100 * ci:.2f}%"
                               f"{' (best)' if improved else ''}")
         if improved:
@@ -248,7 +252,8 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
 
     model.encoder.load_state_dict({k.removeprefix("encoder."): v
                                    for k, v in run.load_weights().items()})
-    write_prototypes(run, model.encoder, images, base, normalize, device)
+    write_prototypes(run, model.encoder, images, base, normalize, device,
+                     PROTOTYPES_PER_CLASS)
     run.write_meta(model_meta(config, task, image_size, model.encoder, state, state.epoch))
     tracker.summary({"val/best_acc": state.best_acc, "best_epoch": state.best_epoch})
     tracker.finish()
