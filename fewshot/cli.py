@@ -156,6 +156,77 @@ def meta_train_cmd(
                   "fewshot adapt --shots 5 new_disease/")
 
 
+@app.command("pretrain")
+def pretrain_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
+    resume: ResumeOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = None,
+    seed: SeedOpt = None, wandb: WandbOpt = None, wandb_project: ProjectOpt = None,
+    wandb_entity: EntityOpt = None, run_name: RunNameOpt = None, quiet: Quiet = False,
+) -> None:
+    """Supervised pretraining of an encoder on the base classes (cross-entropy), keeping
+    the encoder with the best nearest-centroid accuracy on the val classes."""
+    from fewshot.train.meta_train import Interrupted
+    from fewshot.train.pretrain import pretrain
+
+    cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
+                               wandb_entity, run_name)
+    config_dir = config.parent if config is not None else None
+    try:
+        result = pretrain(cfg, out=out, resume=run, data_root=data_root, config_dir=config_dir,
+                          use_wandb=wandb, quiet=quiet)
+    except Interrupted as stop:
+        print(f"interrupted: checkpoint saved; resume with: fewshot pretrain --resume "
+              f"{stop.run.path}", file=sys.stderr)
+        raise typer.Exit(130) from None
+    best = result.read_meta()["metrics"].get("val/acc")
+    screen.print(f"model written to {result.path}"
+                 + (f" (val nearest-centroid accuracy {100 * best:.2f}%)" if best else ""))
+    if not quiet:
+        screen.print(f"next: fewshot evaluate --model {result.path} --head simpleshot "
+                     f"--head linear-probe --task {cfg.data.task}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[list[str], _opt("--model", "-m", metavar="RUN_DIR", help="A run "
+                                     "directory, 'pixels' or 'random:<backbone>' (repeatable; "
+                                     "the first pair is the reference).")],
+    task: Annotated[str, _opt("--task", "-t", metavar="FILE", help="Task YAML file.")],
+    head: Annotated[list[str] | None, _opt("--head", metavar="NAME", help="Head (repeatable; "
+                                           "pairs with --model in order). Default: the "
+                                           "model's own head.")] = None,
+    split: Annotated[str, _opt("--split", metavar="SPLIT", help="base, val or novel.")] = "novel",
+    ways: Annotated[int, _opt("--ways", min=2, metavar="N", help="Classes per episode.")] = 5,
+    shots: Annotated[int, _opt("--shots", min=1, metavar="K", help="Support images per "
+                               "class.")] = 5,
+    queries: Annotated[int, _opt("--queries", min=1, metavar="Q", help="Query images per "
+                                 "class.")] = 15,
+    episodes: Annotated[int, _opt("--episodes", min=1, metavar="E", help="Episodes.")] = 600,
+    slow_episodes: Annotated[int | None, _opt(
+        "--slow-episodes", min=1, metavar="E", help="Episodes for heads that re-run the "
+        "encoder (finetune, MAML family); default 100 on CPU, all on GPU.")] = None,
+    seed: Annotated[int, _opt("--seed", metavar="S", help="Episode seed.")] = 0,
+    json_out: Annotated[Path | None, _opt("--json", metavar="FILE", help="Write every number, "
+                                          "per-episode accuracies included, as JSON.")] = None,
+    data_root: DataRootOpt = None, device: DeviceOpt = None, quiet: Quiet = False,
+) -> None:
+    """Score models and heads on the same seeded episodes of a split: accuracy ± 95% CI,
+    macro-F1, balanced accuracy, AUROC, per-class sensitivity, paired differences."""
+    import json
+
+    from fewshot.evaluate import evaluate, results_table, sensitivity_table
+
+    result = evaluate(model, head or [], task, split=split, ways=ways, shots=shots,
+                      queries=queries, episodes=episodes, seed=seed, data_root=data_root,
+                      device=device or "auto", slow_episodes=slow_episodes, quiet=quiet)
+    screen.print(results_table(result))
+    if not quiet:
+        screen.print(sensitivity_table(result))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
 def _click_error(exc: BaseException) -> int | None:
     """Exit code for the command-line parser's own exceptions (Typer vendors click, so
     they are matched by shape, not by class); None for anything else."""

@@ -196,12 +196,13 @@ def model_meta(config: Config, task: Task, image_size: int, head: FewShotHead,
 
 
 def write_prototypes(run: RunDir, encoder: nn.Module, images: Tensor, data: SplitData,
-                     transform, device: torch.device) -> None:
+                     transform, device: torch.device,
+                     per_class: int = PROTOTYPE_IMAGES_PER_CLASS) -> None:
     """Per-class mean features of the base classes (at most 1000 images a class, chosen
     with a fixed seed) and their overall mean, for SimpleShot and `adapt --keep-base`."""
     rng = np.random.default_rng(0)
     keep = np.concatenate([
-        rng.permutation(np.flatnonzero(data.labels == c))[:PROTOTYPE_IMAGES_PER_CLASS]
+        rng.permutation(np.flatnonzero(data.labels == c))[:per_class]
         for c in range(len(data.classes))
     ])
     keep.sort()
