@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import sys
 from collections.abc import Sequence
@@ -103,12 +104,23 @@ def cached_array(paths: Sequence[str | Path], size: int, directory: str | Path |
 def as_tensor(array: np.ndarray) -> Tensor:
     """A tensor view of a memory-mapped array without reading it into memory.
 
-    The file is mapped again copy-on-write, so torch gets a writable buffer (no warning)
-    while pages are only read from disk when an episode touches them.
+    The `.npy` file is mapped again copy-on-write (torch gets a writable buffer, the file
+    never changes) and marked for random access: episodes gather scattered rows, so the
+    kernel should read only the pages they touch, not read ahead around them.
     """
-    if isinstance(array, np.memmap) and array.filename is not None:
-        array = np.load(array.filename, mmap_mode="c")
-    return torch.from_numpy(array)
+    if not (isinstance(array, np.memmap) and array.filename is not None):
+        return torch.from_numpy(np.ascontiguousarray(array))
+    with open(array.filename, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = reader(handle)
+        offset = handle.tell()
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    if hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    flat = np.frombuffer(mapped, dtype=dtype, count=int(np.prod(shape)), offset=offset)
+    return torch.from_numpy(flat.reshape(shape))
 
 
 def load_split_images(task, split: str, size: int | None = None,
