@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder, write_image
 from torchvision.transforms import functional as TF
 
+from conftest import make_folder, write_image
 from fewshot.data.cache import Normalize, as_tensor, cache_dir, cached_array, load_split_images
 from fewshot.data.episodes import EpisodeSampler, TensorEpisodes
 from fewshot.data.folders import load_image, load_tensor, scan_folder

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from fewshot.data.folders import IMAGE_EXTENSIONS, load_image, scan_folder
 from fewshot.errors import DataError
 

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from conftest import make_folder, run_cli
 from fewshot.config import load_config
-from fewshot.train.meta_train import meta_train, run_episodes
+from fewshot.train.meta_train import VAL_SEED_OFFSET, meta_train
+from fewshot.train.validate import run_validation
 
 TINY = ["model.backbone_args={channels: 8}", "train.ways=2", "train.shots=2",
         "train.queries=3", "train.val_episodes=10", "train.lr=0.01", "tracking.wandb=false"]
@@ -64,9 +65,10 @@ def test_writes_run_dir_and_keeps_best_validated_model(tiny_task, tmp_path, monk
 
     model, _ = load_model(run)
     images, val = load_split_images(load_task(tiny_task), "val", quiet=True)
-    accs = run_episodes(model, images, val, Normalize(), torch.device("cpu"), 2, 2, 3, 10,
-                        seed=config.train.seed + 1_000_003)
-    assert accs.mean() == pytest.approx(best["acc"])
+    result = run_validation(model, images, val, Normalize(), torch.device("cpu"), 2, 2, 3, 10,
+                            seed=config.train.seed + VAL_SEED_OFFSET)
+    assert result.accuracy.mean() == pytest.approx(best["acc"])
+    assert result.confusion.sum() == 10 * 2 * 3
 
     lines = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert sum("train/loss" in rec for rec in lines) == 30
@@ -106,7 +108,7 @@ def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, min_episode: 
                 saved = torch.load(state, weights_only=True)
                 if saved["train"]["next_episode"] >= min_episode:
                     return
-            except (EOFError, RuntimeError):
+            except (EOFError, RuntimeError, FileNotFoundError):
                 pass
         time.sleep(0.2)
     raise AssertionError("no checkpoint appeared")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import run_cli
 from PIL import Image
 
+from conftest import run_cli
 from fewshot.data.episodes import EpisodeSampler
 from fewshot.data.groups import merged_groups
 from fewshot.data.neardup import find_near_duplicates

@@ -57,7 +57,7 @@ def cache_key(paths: Sequence[str | Path], size: int) -> str:
     return digest.hexdigest()[:32]
 
 
-def _decode_into(array: np.ndarray, paths: Sequence[str | Path], size: int,
+def decode_into(array: np.ndarray, paths: Sequence[str | Path], size: int,
                  workers: int | None, quiet: bool) -> None:
     """Fill `array[i]` with image i; Pillow releases the GIL while decoding and resizing,
     so threads use every core without copying pixels between processes."""
@@ -92,7 +92,7 @@ def cached_array(paths: Sequence[str | Path], size: int, directory: str | Path |
         temp = folder / f".{target.stem}.{os.getpid()}.tmp.npy"
         try:
             array = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
-            _decode_into(array, paths, size, workers, quiet)
+            decode_into(array, paths, size, workers, quiet)
             array.flush()
             del array
             os.replace(temp, target)
