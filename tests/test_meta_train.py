@@ -191,3 +191,41 @@ def test_no_wandb_writes_no_wandb_files(tiny_task, tmp_path, monkeypatch):
     assert not (tmp_path / "wandb").exists()
     assert np.isfinite(json.loads((run.path / "metrics.jsonl").read_text().splitlines()[0])
                        ["train/loss"])
+
+
+@pytest.mark.parametrize("head", ["protonet", "maml", "fomaml", "anil", "metasgd"])
+def test_every_head_meta_trains_and_writes_a_loadable_run(head, tiny_task, tmp_path,
+                                                          monkeypatch):
+    from fewshot.models.load import load_model
+
+    monkeypatch.chdir(tmp_path)
+    config = config_for(tiny_task, f"method.head={head}", "train.episodes=4",
+                        "train.meta_batch=2", "train.val_every=4", "train.val_episodes=3",
+                        "method.inner_steps=1")
+    run = meta_train(config, quiet=True)
+    meta = run.read_meta()
+    assert meta["head"] == head and meta["metrics"]["episodes_trained"] == 4
+    lines = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "train/loss" in r] == [2, 4]
+    model, _ = load_model(run)
+    saved = load_file(run.model_path)
+    for key, value in model.state_dict().items():
+        if key in saved:
+            assert torch.equal(value, saved[key]), key
+
+
+def test_meta_train_from_a_pretrain_run_starts_from_its_encoder(tiny_task, tmp_path,
+                                                                 monkeypatch):
+    from fewshot.train.meta_train import build_model
+    from fewshot.train.pretrain import pretrain
+
+    monkeypatch.chdir(tmp_path)
+    pre = pretrain(config_for(tiny_task, "train.epochs=1", "train.batch_size=8"), quiet=True)
+    config = config_for(tiny_task, f"model.weights={pre.path}")
+    model = build_model(config, image_size=16, ways=2)
+    pretrained = {k.removeprefix("encoder."): v for k, v in load_file(pre.model_path).items()
+                  if k.startswith("encoder.")}
+    mine = model.encoder.state_dict()
+    assert pretrained.keys() == mine.keys()
+    for key, value in pretrained.items():
+        assert torch.equal(mine[key], value), key

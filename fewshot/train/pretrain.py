@@ -78,7 +78,7 @@ def nearest_centroid_accuracy(features: Tensor, labels: np.ndarray, groups: np.n
                               ways: int, shots: int, queries: int, episodes: int,
                               seed: int) -> tuple[float, float]:
     """Mean and 95% CI of cosine nearest-centroid accuracy over seeded episodes."""
-    from fewshot.train.meta_train import mean_ci
+    from fewshot.evaluate import mean_ci
 
     sampler = EpisodeSampler(labels, ways=min(ways, len(np.unique(labels))), shots=shots,
                              queries=queries, episodes=episodes, seed=seed, groups=groups,
