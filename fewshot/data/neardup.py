@@ -11,6 +11,9 @@ alike, while a copy shifted by 6 px does not), so the search has two stages:
    other at every shift up to `max_shift` px (sums of squared differences for all shifts
    at once through the FFT); the pair is a near-duplicate when the smallest mean squared
    difference is a small fraction of the centre's own variance (re-encoding noise only).
+   All candidates are screened at half resolution first, the survivors are scored at
+   full resolution in grey, and the pairs that pass are checked in colour at the shift
+   found (the same shape on another stain is not a copy).
 """
 
 from __future__ import annotations
