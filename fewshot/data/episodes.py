@@ -209,7 +209,8 @@ class TensorEpisodes:
     def batch(self, indices: Sequence[int]) -> EpisodeBatch:
         episodes = [self.sampler.episode(i) for i in indices]
         flat = np.concatenate([np.concatenate([e.support, e.query]) for e in episodes])
-        images = self.images[torch.from_numpy(flat).to(self.images.device)]
+        # index_select, not `images[index]`: ~20x faster on CPU for a 4-D uint8 gather
+        images = self.images.index_select(0, torch.from_numpy(flat).to(self.images.device))
         if self.transform is not None:
             images = self.transform(images)
         return split_batch(images, self.sampler, episodes)

@@ -11,6 +11,9 @@ alike, while a copy shifted by 6 px does not), so the search has two stages:
    other at every shift up to `max_shift` px (sums of squared differences for all shifts
    at once through the FFT); the pair is a near-duplicate when the smallest mean squared
    difference is a small fraction of the centre's own variance (re-encoding noise only).
+   All candidates are screened at half resolution first, the survivors are scored at
+   full resolution in grey, and the pairs that pass are checked in colour at the shift
+   found (the same shape on another stain is not a copy).
 """
 
 from __future__ import annotations
@@ -114,6 +117,19 @@ def shifted_difference(a: Tensor, b: Tensor, max_shift: int) -> tuple[Tensor, Te
     return best.clamp_min(0) / variance, shift
 
 
+def colour_difference(a: Tensor, b: Tensor, shift: Tensor, max_shift: int) -> Tensor:
+    """Normalised difference of uint8 colour images `[P, C, H, W]` at the given shifts
+    (mean squared difference over all channels / variance of a's centre)."""
+    m = max_shift
+    h, w = a.shape[-2:]
+    out = torch.empty(len(a))
+    for row, (dy, dx) in enumerate(shift.tolist()):
+        centre = a[row, :, m:h - m, m:w - m].float()
+        window = b[row, :, m - dy:h - m - dy, m - dx:w - m - dx].float()
+        out[row] = ((centre - window) ** 2).mean() / centre.var().clamp_min(1.0)
+    return out
+
+
 class ShiftIndex:
     """Per-image FFTs and window energies, so scoring a pair costs one product and one
     inverse FFT (the same sums as `shifted_difference`, computed once per image)."""
@@ -169,8 +185,12 @@ def confirm(images: Tensor, pairs: np.ndarray, max_shift: int, threshold: float,
         keep = coarse.difference(block[:, 0], block[:, 1]) < coarse_threshold
         block = block[keep]
         if len(block):
-            a, b = grey(images[block[:, 0]]), grey(images[block[:, 1]])
-            diff, shift = shifted_difference(a, b, max_shift)
+            a, b = images[block[:, 0]], images[block[:, 1]]
+            diff, shift = shifted_difference(grey(a), grey(b), max_shift)
+            passed = torch.nonzero(diff < threshold).flatten()
+            # grey hides colour: the same shape on another stain is not a copy
+            diff[passed] = torch.maximum(diff[passed], colour_difference(
+                a[passed], b[passed], shift[passed], max_shift))
             for row in torch.nonzero(diff < threshold).flatten().tolist():
                 i, j = block[row].tolist()
                 found.append(NearDuplicate(i, j, float(diff[row]), tuple(shift[row].tolist())))
