@@ -219,9 +219,10 @@ def evaluate_cmd(
     result = evaluate(model, head or [], task, split=split, ways=ways, shots=shots,
                       queries=queries, episodes=episodes, seed=seed, data_root=data_root,
                       device=device or "auto", slow_episodes=slow_episodes, quiet=quiet)
-    screen.print(results_table(result))
+    wide = Console(highlight=False, width=max(screen.width, 140))  # whole numbers in pipes
+    wide.print(results_table(result))
     if not quiet:
-        screen.print(sensitivity_table(result))
+        wide.print(sensitivity_table(result))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

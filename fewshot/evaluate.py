@@ -317,8 +317,8 @@ def results_table(result: dict[str, Any]):
     title = (f"{result['task']} / {result['split']}: {result['ways']}-way {result['shots']}-shot,"
              f" {result['queries']} queries, seed {result['seed']}")
     table = Table(title=title)
-    for column in ("model", "head", "episodes", "accuracy %", "macro-F1", "balanced acc",
-                   "AUROC", "Δ acc vs first"):
+    for column in ("model", "head", "episodes", "accuracy %", "macro-F1 %", "balanced acc %",
+                   "AUROC %", "Δ acc vs first"):
         table.add_column(column, justify="left" if column in ("model", "head") else "right")
     diffs = {p["other"]: p for p in result["paired"]}
 
