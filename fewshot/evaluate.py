@@ -15,7 +15,9 @@ see, and their paired differences use those episodes.
 
 `--model` takes a run directory, `pixels` (16x16 raw pixels, the floor) or
 `random:<backbone>` (random initialisation, seeded). Models without a stored base mean
-centre on the mean feature of a seeded subset of the task's base images.
+centre on the mean feature of a seeded subset of the task's base images. `max_per_class`
+draws the episodes from a seeded pool of at most that many images per class (bounded
+CPU runs; recorded in the JSON).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch import Tensor, nn
 
 from fewshot.data.episodes import EpisodeSampler, episode_labels
 from fewshot.data.images import Normalize, load_split_images
-from fewshot.data.tasks import Task, load_task
+from fewshot.data.tasks import SplitData, Task, load_task
 from fewshot.errors import UsageError
 from fewshot.methods import FewShotHead, build_head
 from fewshot.tracking import PlainProgress, console, make_progress
@@ -142,15 +144,22 @@ class Models:
     """Builds each `--model` once and caches its encoder, base mean and split features."""
 
     def __init__(self, task: Task, split: str, seed: int, device: torch.device,
-                 quiet: bool) -> None:
+                 quiet: bool, max_per_class: int | None = None) -> None:
         self.task, self.split, self.seed, self.device, self.quiet = task, split, seed, device, quiet
+        self.max_per_class = max_per_class
         self.images: dict[int, tuple[Tensor, Any]] = {}
         self.features: dict[str, Tensor] = {}
         self.base_means: dict[str, Tensor | None] = {}
 
     def split_images(self, size: int) -> tuple[Tensor, Any]:
         if size not in self.images:
-            self.images[size] = load_split_images(self.task, self.split, size, self.quiet)
+            images, data = load_split_images(self.task, self.split, size, self.quiet)
+            if self.max_per_class:  # a seeded pool per class, for bounded CPU runs
+                keep = subsample(data.labels, self.max_per_class, self.seed)
+                images = images[torch.from_numpy(keep)]
+                data = SplitData(data.classes, [data.paths[i] for i in keep], data.labels[keep],
+                                 None if data.groups is None else data.groups[keep])
+            self.images[size] = (images, data)
         return self.images[size]
 
     def build(self, spec: str, head_name: str | None,
@@ -206,7 +215,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
              ways: int = 5, shots: int = 5, queries: int = 15, episodes: int = 600,
              seed: int = 0, data_root: str | None = None, device: str = "auto",
              slow_episodes: int | None = None, head_options: dict[str, Any] | None = None,
-             quiet: bool = False) -> dict[str, Any]:
+             max_per_class: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Score every (model, head) pair on the same seeded episodes; returns the JSON dict."""
     from fewshot import __version__
 
@@ -214,7 +223,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         raise UsageError("unknown split", split, "use base, val or novel")
     dev = pick_device(device)
     loaded = load_task(task, data_root)
-    cache = Models(loaded, split, seed, dev, quiet)
+    cache = Models(loaded, split, seed, dev, quiet, max_per_class)
     if slow_episodes is None:
         slow_episodes = episodes if dev.type == "cuda" else SLOW_EPISODES_CPU
     candidates: list[Candidate] = []
@@ -259,7 +268,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         "fewshot_version": __version__,
         "task": loaded.name, "split": split, "ways": ways, "shots": shots,
         "queries": sampler.queries, "episodes": episodes, "seed": seed,
-        "protocol": "inductive",
+        "protocol": "inductive", "max_per_class": max_per_class,
         "results": [summarise(c) for c in candidates],
         "paired": [paired(candidates[0], c) for c in candidates[1:]],
     }
