@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.data.episodes import EpisodeSampler, episode_labels
-from fewshot.data.images import Normalize, load_split_images
+from fewshot.data.images import Normalize, decode_all, load_split_images
 from fewshot.data.tasks import SplitData, Task, load_task
 from fewshot.errors import UsageError
 from fewshot.methods import FewShotHead, build_head
@@ -42,7 +42,7 @@ from fewshot.train.device import pick_device
 from fewshot.train.images import embed, subsample
 
 SLOW_EPISODES_CPU = 100
-BASE_MEAN_PER_CLASS = 100
+BASE_MEAN_PER_CLASS = 50
 """Base images per class embedded for the centring mean of models without prototypes."""
 CI_Z = 1.96
 
@@ -195,9 +195,10 @@ class Models:
     def base_mean(self, encoder: nn.Module, size: int, normalize: Normalize) -> Tensor | None:
         if not self.task.classes("base"):
             return None
-        images, data = load_split_images(self.task, "base", size, self.quiet)
-        keep = torch.from_numpy(subsample(data.labels, BASE_MEAN_PER_CLASS, self.seed))
-        features = embed(encoder, images[keep], normalize, self.device, quiet=self.quiet,
+        data = self.task.split("base")  # decode only the chosen images
+        keep = subsample(data.labels, BASE_MEAN_PER_CLASS, self.seed)
+        images = decode_all([data.paths[i] for i in keep], size, self.quiet)
+        features = embed(encoder, images, normalize, self.device, quiet=self.quiet,
                          description="base mean")
         return features.mean(0)
 
@@ -215,15 +216,20 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
              ways: int = 5, shots: int = 5, queries: int = 15, episodes: int = 600,
              seed: int = 0, data_root: str | None = None, device: str = "auto",
              slow_episodes: int | None = None, head_options: dict[str, Any] | None = None,
-             max_per_class: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Score every (model, head) pair on the same seeded episodes; returns the JSON dict."""
+             max_per_class: int | None = None, cache: Models | None = None,
+             quiet: bool = False) -> dict[str, Any]:
+    """Score every (model, head) pair on the same seeded episodes; returns the JSON dict.
+
+    `cache` (a `Models` of the same task, split, seed and pool) reuses features across
+    calls, e.g. 1-shot and 5-shot on one embedding."""
     from fewshot import __version__
 
     if split not in ("base", "val", "novel"):
         raise UsageError("unknown split", split, "use base, val or novel")
     dev = pick_device(device)
-    loaded = load_task(task, data_root)
-    cache = Models(loaded, split, seed, dev, quiet, max_per_class)
+    if cache is None:
+        cache = Models(load_task(task, data_root), split, seed, dev, quiet, max_per_class)
+    loaded = cache.task
     if slow_episodes is None:
         slow_episodes = episodes if dev.type == "cuda" else SLOW_EPISODES_CPU
     candidates: list[Candidate] = []
