@@ -128,6 +128,7 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
     device = pick_device(t.device)
     torch.manual_seed(t.seed)
     task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
+    config.data.task = str(task.source.resolve())  # config.yaml must resolve from anywhere
     image_size = config.data.image_size or task.image_size
     images, base = load_split_images(task, "base", image_size, quiet)
     val = load_val(task, image_size, t.seed, quiet)
