@@ -63,6 +63,8 @@ def test_pretrain_writes_run_dir_and_lowers_loss(trained) -> None:
     assert np.mean(losses[-per_epoch:]) < np.mean(losses[:per_epoch])
     assert [r["epoch"] for r in records if "epoch" in r] == [1, 2, 3, 4]
 
+    saved_config = yaml.safe_load((run / "config.yaml").read_text())
+    assert Path(saved_config["data"]["task"]).is_absolute()  # --resume works from anywhere
     meta = json.loads((run / "model.json").read_text())
     assert meta["backbone"] == "conv4" and meta["image_size"] == 16
     assert meta["classes"]["base"] == ["x/c0", "x/c1", "x/c2", "x/c3"]

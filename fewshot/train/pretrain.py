@@ -44,9 +44,9 @@ from fewshot.train.meta_train import (
     write_prototypes,
 )
 
-VAL_PER_CLASS = 50
+VAL_PER_CLASS = 30
 """Validation images embedded per class after each epoch (episodes are drawn from them)."""
-PROTOTYPES_PER_CLASS = 100
+PROTOTYPES_PER_CLASS = 40
 """Base images per class averaged into prototypes.safetensors (one pass, bounded on CPU)."""
 
 
