@@ -157,6 +157,9 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
         model.load_state_dict(weights)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            # resumed with more epochs: stretch the remaining decay (no restart)
+            scheduler.T_max = max(scheduler.T_max, steps_per_epoch * t.epochs)
         scaler.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])
         state = PretrainState(**saved["train"])
