@@ -153,7 +153,7 @@ class Models:
 
     def split_images(self, size: int) -> tuple[Tensor, Any]:
         if size not in self.images:
-            images, data = load_split_images(self.task, self.split, size, self.quiet)
+            images, data = load_split_images(self.task, self.split, size, quiet=self.quiet)
             if self.max_per_class:  # a seeded pool per class, for bounded CPU runs
                 keep = subsample(data.labels, self.max_per_class, self.seed)
                 images = images[torch.from_numpy(keep)]
