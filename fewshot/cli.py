@@ -255,6 +255,9 @@ def evaluate_cmd(
         "--slow-episodes", min=1, metavar="E", help="Episodes for heads that re-run the "
         "encoder (finetune, MAML family); default 100 on CPU, all on GPU.")] = None,
     seed: Annotated[int, _opt("--seed", metavar="S", help="Episode seed.")] = 0,
+    max_per_class: Annotated[int | None, _opt(
+        "--max-per-class", min=1, metavar="N", help="Draw episodes from a seeded pool of at "
+        "most N images per class (bounded CPU runs).")] = None,
     json_out: Annotated[Path | None, _opt("--json", metavar="FILE", help="Write every number, "
                                           "per-episode accuracies included, as JSON.")] = None,
     data_root: DataRootOpt = None, device: DeviceOpt = None, quiet: Quiet = False,
@@ -267,10 +270,12 @@ def evaluate_cmd(
 
     result = evaluate(model, head or [], task, split=split, ways=ways, shots=shots,
                       queries=queries, episodes=episodes, seed=seed, data_root=data_root,
-                      device=device or "auto", slow_episodes=slow_episodes, quiet=quiet)
-    screen.print(results_table(result))
+                      device=device or "auto", slow_episodes=slow_episodes,
+                      max_per_class=max_per_class, quiet=quiet)
+    wide = Console(highlight=False, width=max(screen.width, 140))  # whole numbers in pipes
+    wide.print(results_table(result))
     if not quiet:
-        screen.print(sensitivity_table(result))
+        wide.print(sensitivity_table(result))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

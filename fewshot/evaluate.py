@@ -15,7 +15,9 @@ see, and their paired differences use those episodes.
 
 `--model` takes a run directory, `pixels` (16x16 raw pixels, the floor) or
 `random:<backbone>` (random initialisation, seeded). Models without a stored base mean
-centre on the mean feature of a seeded subset of the task's base images.
+centre on the mean feature of a seeded subset of the task's base images. `max_per_class`
+draws the episodes from a seeded pool of at most that many images per class (bounded
+CPU runs; recorded in the JSON).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.data.episodes import EpisodeSampler, episode_labels
-from fewshot.data.images import Normalize, load_split_images
-from fewshot.data.tasks import Task, load_task
+from fewshot.data.images import Normalize, decode_all, load_split_images
+from fewshot.data.tasks import SplitData, Task, load_task
 from fewshot.errors import UsageError
 from fewshot.methods import FewShotHead, build_head
 from fewshot.tracking import PlainProgress, console, make_progress
@@ -40,7 +42,7 @@ from fewshot.train.device import pick_device
 from fewshot.train.images import embed, subsample
 
 SLOW_EPISODES_CPU = 100
-BASE_MEAN_PER_CLASS = 100
+BASE_MEAN_PER_CLASS = 50
 """Base images per class embedded for the centring mean of models without prototypes."""
 CI_Z = 1.96
 
@@ -142,15 +144,22 @@ class Models:
     """Builds each `--model` once and caches its encoder, base mean and split features."""
 
     def __init__(self, task: Task, split: str, seed: int, device: torch.device,
-                 quiet: bool) -> None:
+                 quiet: bool, max_per_class: int | None = None) -> None:
         self.task, self.split, self.seed, self.device, self.quiet = task, split, seed, device, quiet
+        self.max_per_class = max_per_class
         self.images: dict[int, tuple[Tensor, Any]] = {}
         self.features: dict[str, Tensor] = {}
         self.base_means: dict[str, Tensor | None] = {}
 
     def split_images(self, size: int) -> tuple[Tensor, Any]:
         if size not in self.images:
-            self.images[size] = load_split_images(self.task, self.split, size, quiet=self.quiet)
+            images, data = load_split_images(self.task, self.split, size, quiet=self.quiet)
+            if self.max_per_class:  # a seeded pool per class, for bounded CPU runs
+                keep = subsample(data.labels, self.max_per_class, self.seed)
+                images = images[torch.from_numpy(keep)]
+                data = SplitData(data.classes, [data.paths[i] for i in keep], data.labels[keep],
+                                 None if data.groups is None else data.groups[keep])
+            self.images[size] = (images, data)
         return self.images[size]
 
     def build(self, spec: str, head_name: str | None,
@@ -186,9 +195,10 @@ class Models:
     def base_mean(self, encoder: nn.Module, size: int, normalize: Normalize) -> Tensor | None:
         if not self.task.classes("base"):
             return None
-        images, data = load_split_images(self.task, "base", size, quiet=self.quiet)
-        keep = torch.from_numpy(subsample(data.labels, BASE_MEAN_PER_CLASS, self.seed))
-        features = embed(encoder, images[keep], normalize, self.device, quiet=self.quiet,
+        data = self.task.split("base")  # decode only the chosen images
+        keep = subsample(data.labels, BASE_MEAN_PER_CLASS, self.seed)
+        images = decode_all([data.paths[i] for i in keep], size, self.quiet)
+        features = embed(encoder, images, normalize, self.device, quiet=self.quiet,
                          description="base mean")
         return features.mean(0)
 
@@ -206,15 +216,20 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
              ways: int = 5, shots: int = 5, queries: int = 15, episodes: int = 600,
              seed: int = 0, data_root: str | None = None, device: str = "auto",
              slow_episodes: int | None = None, head_options: dict[str, Any] | None = None,
+             max_per_class: int | None = None, cache: Models | None = None,
              quiet: bool = False) -> dict[str, Any]:
-    """Score every (model, head) pair on the same seeded episodes; returns the JSON dict."""
+    """Score every (model, head) pair on the same seeded episodes; returns the JSON dict.
+
+    `cache` (a `Models` of the same task, split, seed and pool) reuses features across
+    calls, e.g. 1-shot and 5-shot on one embedding."""
     from fewshot import __version__
 
     if split not in ("base", "val", "novel"):
         raise UsageError("unknown split", split, "use base, val or novel")
     dev = pick_device(device)
-    loaded = load_task(task, data_root)
-    cache = Models(loaded, split, seed, dev, quiet)
+    if cache is None:
+        cache = Models(load_task(task, data_root), split, seed, dev, quiet, max_per_class)
+    loaded = cache.task
     if slow_episodes is None:
         slow_episodes = episodes if dev.type == "cuda" else SLOW_EPISODES_CPU
     candidates: list[Candidate] = []
@@ -259,7 +274,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         "fewshot_version": __version__,
         "task": loaded.name, "split": split, "ways": ways, "shots": shots,
         "queries": sampler.queries, "episodes": episodes, "seed": seed,
-        "protocol": "inductive",
+        "protocol": "inductive", "max_per_class": max_per_class,
         "results": [summarise(c) for c in candidates],
         "paired": [paired(candidates[0], c) for c in candidates[1:]],
     }
@@ -317,8 +332,8 @@ def results_table(result: dict[str, Any]):
     title = (f"{result['task']} / {result['split']}: {result['ways']}-way {result['shots']}-shot,"
              f" {result['queries']} queries, seed {result['seed']}")
     table = Table(title=title)
-    for column in ("model", "head", "episodes", "accuracy %", "macro-F1", "balanced acc",
-                   "AUROC", "Δ acc vs first"):
+    for column in ("model", "head", "episodes", "accuracy %", "macro-F1 %", "balanced acc %",
+                   "AUROC %", "Δ acc vs first"):
         table.add_column(column, justify="left" if column in ("model", "head") else "right")
     diffs = {p["other"]: p for p in result["paired"]}
 

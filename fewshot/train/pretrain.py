@@ -45,9 +45,9 @@ from fewshot.train.meta_train import (
     write_prototypes,
 )
 
-VAL_PER_CLASS = 100
+VAL_PER_CLASS = 30
 """Validation images embedded per class after each epoch (episodes are drawn from them)."""
-PROTOTYPES_PER_CLASS = 200
+PROTOTYPES_PER_CLASS = 40
 """Base images per class averaged into prototypes.safetensors (one pass, bounded on CPU)."""
 
 
@@ -129,6 +129,7 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
     device = pick_device(t.device)
     torch.manual_seed(t.seed)
     task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
+    config.data.task = str(task.source.resolve())  # config.yaml must resolve from anywhere
     image_size = config.data.image_size or task.image_size
     images, base = load_split_images(task, "base", image_size, **cache_options(config, quiet))
     val = load_val(task, image_size, t.seed, cache_options(config, quiet))
@@ -157,6 +158,9 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
         model.load_state_dict(weights)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            # resumed with more epochs: stretch the remaining decay (no restart)
+            scheduler.T_max = max(scheduler.T_max, steps_per_epoch * t.epochs)
         scaler.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])
         state = PretrainState(**saved["train"])
