@@ -32,7 +32,7 @@ from pathlib import Path
 
 WAYS, SHOTS, QUERIES, STEPS, SIZE = 5, 1, 15, 5, 84
 IMPLS = ("fewshot", "learn2learn", "learn2learn+malloc")
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1),
               "MALLOC_TOP_PAD_": str(64 << 20)}
 RESULTS = Path(__file__).parent / "results" / "bench_maml.md"
 

@@ -20,8 +20,8 @@ import sys
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_MAX = -4
-TRIM_THRESHOLD = 1 << 30
-"""Keep up to 1 GiB of free memory at the top of the heap instead of returning it."""
+TRIM_THRESHOLD = (1 << 31) - 1
+"""Keep up to 2 GiB (mallopt's largest value) of free heap instead of returning it."""
 TOP_PAD = 64 << 20
 """Grow the heap 64 MiB beyond each request, so growth takes fewer system calls."""
 GLIBC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
