@@ -5,7 +5,7 @@
 # plain `pip install learn2learn` fails; deleting them forces Cython (< 3) to regenerate
 # them. Idempotent: does nothing when `import learn2learn` already works.
 set -euo pipefail
-PYTHON="${PYTHON:-python3}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 if "$PYTHON" -c "import learn2learn" >/dev/null 2>&1; then
     exit 0
 fi

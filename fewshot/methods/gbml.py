@@ -27,7 +27,7 @@ from torch.func import functional_call, grad, vmap
 
 from fewshot.errors import UsageError
 from fewshot.methods.base import FewShotHead
-from fewshot.models.norm import exact_batchnorm, exact_layers, normalise_with, set_stat_rows
+from fewshot.models.norm import exact_batchnorm, exact_layers, normalise_with, set_phase
 
 Execution = Literal["auto", "loop", "vmap"]
 DEFAULT_CUDA_CHUNK = 8
@@ -90,8 +90,9 @@ class GradientMetaHead(FewShotHead):
         return self.inner_lrs[_key(name)] if self.learns_inner_lrs else self.inner_lr
 
     # ---- one task (runs in the loop path and under vmap alike) ------------------------
-    def _embed(self, fast: dict[str, Tensor], images: Tensor, stat_rows: int | None) -> Tensor:
-        set_stat_rows(self._bn, stat_rows)
+    def _embed(self, fast: dict[str, Tensor], images: Tensor,
+               phase: str | None = None) -> Tensor:
+        set_phase(self._bn, phase)
         if not self.adapts_encoder:
             return self.encoder(images)
         enc = {name[8:]: t for name, t in fast.items() if name.startswith("encoder.")}
@@ -104,18 +105,20 @@ class GradientMetaHead(FewShotHead):
     def _query_features(self, fast: dict[str, Tensor], support: Tensor,
                         query: Tensor) -> Tensor:
         if self.transductive or not any(layer.statistics == "batch" for layer in self._bn):
-            return self._embed(fast, query, None)
-        n = support.shape[0]  # inductive: the support set's statistics normalise the query
-        return self._embed(fast, torch.cat([support, query]), n)[n:]
+            return self._embed(fast, query)
+        # Inductive: the support set's statistics (at the adapted weights) normalise the query.
+        # Recorded from a support pass and replayed: cheaper than a support+query batch.
+        self._embed(fast, support, "record")
+        return self._embed(fast, query, "replay")
 
     def _adapt(self, support: Tensor, labels: Tensor, ways: int) -> dict[str, Tensor]:
         fast = self._adaptable()
         if self.adapts_encoder:
             def support_loss(params: dict[str, Tensor]) -> Tensor:
-                return F.cross_entropy(self._logits(params, self._embed(params, support, None),
+                return F.cross_entropy(self._logits(params, self._embed(params, support),
                                                     ways), labels)
         else:  # ANIL: the encoder runs once; its features carry the meta-gradient
-            features = self._embed(fast, support, None)
+            features = self._embed(fast, support)
 
             def support_loss(params: dict[str, Tensor]) -> Tensor:
                 return F.cross_entropy(self._logits(params, features, ways), labels)
