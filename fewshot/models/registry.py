@@ -2,10 +2,12 @@
 
 A backbone maps images `[B, C, H, W]` to feature vectors `[B, D]` and says its
 `feature_dim`. Builders take `image_size`, `in_channels` and their own keyword options.
+`timm:<name>` builds any timm model (optional extra `fewshot[timm]`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -14,25 +16,70 @@ from fewshot.errors import UsageError
 
 
 class Backbone(nn.Module):
-    """Base class of encoders: `forward(images) -> [B, feature_dim]`."""
+    """Base class of encoders: `forward(images) -> [B, feature_dim]`.
+
+    `last_stage()` names the deepest block, which the `finetune` head unfreezes.
+    """
 
     feature_dim: int
 
 
-BACKBONES: dict[str, Callable[..., Backbone]] = {}
+BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
-    def decorate(builder: Callable[..., Backbone]) -> Callable[..., Backbone]:
+def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         BACKBONES[name] = builder
         return builder
 
     return decorate
 
 
-def build_backbone(name: str, image_size: int = 84, in_channels: int = 3, **kwargs) -> Backbone:
-    from fewshot.models import conv4  # noqa: F401  (registers built-in backbones)
+def _register_builtins() -> None:
+    from fewshot.models import conv4, pixels, resnet12, torchvision_backbones  # noqa: F401
 
-    if name not in BACKBONES:
-        raise UsageError("unknown backbone", name, f"choose one of {sorted(BACKBONES)}")
-    return BACKBONES[name](image_size=image_size, in_channels=in_channels, **kwargs)
+
+def build_backbone(name: str, image_size: int = 84, in_channels: int = 3, **kwargs) -> nn.Module:
+    """The encoder `name` with random weights (see `fewshot.models.weights` for weights)."""
+    _register_builtins()
+    if name.startswith("timm:"):
+        from fewshot.models.timm_backbone import build_timm
+
+        builder: Callable[..., nn.Module] = build_timm
+        kwargs = {"name": name[5:], **kwargs}
+    elif name in BACKBONES:
+        builder = BACKBONES[name]
+    else:
+        raise UsageError("unknown backbone", name,
+                         f"choose one of {sorted(BACKBONES)} or timm:<name>")
+    try:
+        inspect.signature(builder).bind(image_size=image_size, in_channels=in_channels, **kwargs)
+        return builder(image_size=image_size, in_channels=in_channels, **kwargs)
+    except TypeError as exc:
+        if "argument" not in str(exc):
+            raise
+        raise UsageError(f"bad option for backbone {name}: {exc}", "model.backbone_args",
+                         "check the option names") from None
+
+
+def last_stage_parameters(encoder: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the encoder's deepest stage (what freeze-then-unfreeze trains).
+
+    Encoders say it with `last_stage()`; torchvision ones are known by name; otherwise
+    the last top-level child holding parameters (for a Sequential, its last such child).
+    """
+    from fewshot.models.torchvision_backbones import last_stage
+
+    if hasattr(encoder, "last_stage"):
+        return list(encoder.last_stage().parameters())
+    if hasattr(encoder, "torchvision_name"):
+        return last_stage(encoder)
+    module: nn.Module = encoder
+    for _ in range(2):
+        children = [c for c in module.children() if any(True for _ in c.parameters())]
+        if not children:
+            break
+        module = children[-1]
+        if not isinstance(module, nn.Sequential):
+            break
+    return list(module.parameters())

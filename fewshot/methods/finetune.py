@@ -1,0 +1,83 @@
+"""Freeze-then-unfreeze fine-tuning on the support set only (transfer learning at test time).
+
+Phase 1 trains a linear head on frozen features (the linear probe). Phase 2 unfreezes
+the encoder's last stage and trains it with the head at a lower learning rate, on flipped
+and rotated support images (no rescaling: size is a diagnostic cue). Batch-norm keeps
+its stored statistics (inductive; five images are too few to estimate them). The encoder
+is restored after every episode, so episodes stay independent.
+
+Cost: every phase-2 step runs the encoder forward on the support set (backward only
+through the last stage), so an episode costs about `finetune_steps` support passes
+plus one query pass, against one pass in total for the feature-based heads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fewshot.methods.base import FewShotHead, register_head
+from fewshot.methods.common import flip_rotate
+from fewshot.methods.linear_probe import train_linear
+from fewshot.methods.simpleshot import centre_normalise
+from fewshot.models.registry import last_stage_parameters
+
+
+@register_head("finetune")
+class FineTune(FewShotHead):
+    feature_based = False
+
+    def __init__(self, encoder: nn.Module, steps: int = 100, lr: float = 0.01,
+                 finetune_steps: int = 20, finetune_lr: float = 1e-4,
+                 temperature: float = 10.0, base_mean: Tensor | None = None,
+                 seed: int = 0, augment: bool = True, **_: object) -> None:
+        super().__init__(encoder)
+        self.steps, self.lr, self.temperature = steps, lr, temperature
+        self.finetune_steps, self.finetune_lr, self.augment = finetune_steps, finetune_lr, augment
+        self.seed, self.calls = seed, 0
+        self.register_buffer("base_mean", torch.empty(0) if base_mean is None
+                             else base_mean.detach().float().clone(), persistent=False)
+        self.linear: nn.Linear | None = None
+        self._initial: list[Tensor] | None = None
+
+    def _last_stage(self) -> list[nn.Parameter]:
+        params = last_stage_parameters(self.encoder)
+        if self._initial is None:
+            self._initial = [p.detach().clone() for p in params]
+        return params
+
+    def embed(self, images: Tensor) -> Tensor:
+        return centre_normalise(self.encoder(images), self.base_mean)
+
+    def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
+        params = self._last_stage()
+        assert self._initial is not None
+        with torch.no_grad():  # start every episode from the pretrained encoder
+            for p, p0 in zip(params, self._initial, strict=True):
+                p.copy_(p0)
+        self.encoder.eval()
+        self.encoder.requires_grad_(False)
+        with torch.no_grad():
+            features = self.embed(support)
+        linear = train_linear(features, support_labels, self.steps, self.lr, self.temperature)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        self.calls += 1
+        linear.requires_grad_(True)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam([{"params": linear.parameters(), "lr": self.lr * 0.1},
+                                      {"params": params, "lr": self.finetune_lr}])
+        with torch.enable_grad():
+            for _ in range(self.finetune_steps):
+                images = flip_rotate(support, generator) if self.augment else support
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(linear(self.embed(images)), support_labels).backward()
+                optimizer.step()
+        self.encoder.requires_grad_(False)
+        self.linear = linear.requires_grad_(False)
+
+    def forward(self, query: Tensor) -> Tensor:
+        assert self.linear is not None, "call process_support_set first"
+        with torch.no_grad():
+            return self.linear(self.embed(query))

@@ -1,0 +1,59 @@
+"""Linear probe: a linear classifier on frozen features, trained on the support set.
+
+Transfer learning at test time as the source articles describe it. Features are centred
+on the base mean (when known) and L2-normalised, as for SimpleShot; the weights start
+at the normalised prototypes, so step 0 is cosine nearest centroid, and a bounded number
+of full-batch Adam steps follow. Full-batch steps from a fixed start use no randomness,
+so a probe is deterministic (the seed is accepted for a uniform interface).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fewshot.methods.base import FewShotHead, register_head
+from fewshot.methods.common import class_means
+from fewshot.methods.simpleshot import centre_normalise
+
+
+def train_linear(features: Tensor, labels: Tensor, steps: int, lr: float,
+                 temperature: float, weight_decay: float = 5e-4) -> nn.Linear:
+    """A linear layer initialised from prototypes and fitted with `steps` Adam steps."""
+    ways = int(labels.max()) + 1
+    linear = nn.Linear(features.shape[-1], ways).to(features.device)
+    with torch.no_grad():
+        linear.weight.copy_(temperature * F.normalize(class_means(features, labels, ways), dim=-1))
+        linear.bias.zero_()
+    optimizer = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(linear(features), labels).backward()
+            optimizer.step()
+    return linear.requires_grad_(False)
+
+
+@register_head("linear-probe")
+class LinearProbe(FewShotHead):
+    def __init__(self, encoder: nn.Module, steps: int = 100, lr: float = 0.01,
+                 temperature: float = 10.0, base_mean: Tensor | None = None,
+                 seed: int = 0, **_: object) -> None:
+        super().__init__(encoder)
+        self.steps, self.lr, self.temperature, self.seed = steps, lr, temperature, seed
+        self.register_buffer("base_mean", torch.empty(0) if base_mean is None
+                             else base_mean.detach().float().clone(), persistent=False)
+        self.linear: nn.Linear | None = None
+
+    def embed(self, images: Tensor) -> Tensor:
+        with torch.no_grad():
+            return centre_normalise(self.encoder(images), self.base_mean)
+
+    def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
+        self.linear = train_linear(self.embed(support), support_labels, self.steps, self.lr,
+                                   self.temperature)
+
+    def forward(self, query: Tensor) -> Tensor:
+        assert self.linear is not None, "call process_support_set first"
+        return self.linear(self.embed(query))

@@ -1,0 +1,84 @@
+"""torchvision's ImageNet architectures as encoders, built by torchvision's own builders.
+
+The classifier is replaced by `nn.Identity`, so each returns its pooled feature vector;
+parameter names stay torchvision's, so torchvision and timm-free checkpoints load as
+they are. VGG keeps its convolutional trunk and pools it globally (512-d) instead of
+flattening a 7x7 map into the 4096-wide classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torchvision
+from torch import nn
+
+from fewshot.errors import UsageError
+from fewshot.models.registry import register_backbone
+
+MIN_SIZE = {"inception_v3": 75}
+"""Smallest input side each architecture accepts (its stride-2 stem and pools)."""
+
+LAST_STAGE = {
+    "resnet18": "layer4", "resnet50": "layer4", "densenet121": "features.denseblock4",
+    "inception_v3": "Mixed_7c",
+}
+
+
+def replace_stem(model: nn.Module, in_channels: int) -> None:
+    """Swap the first convolution for one with `in_channels` inputs (grayscale, multi-band)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride,
+                            module.padding, bias=module.bias is not None)
+            setattr(parent, name.rpartition(".")[2], new)
+            return
+
+
+def _build(name: str, image_size: int, in_channels: int, **kwargs) -> nn.Module:
+    if image_size < MIN_SIZE.get(name, 0):
+        raise UsageError(f"{name} needs images of at least {MIN_SIZE[name]} px, got {image_size}",
+                         "data.image_size", f"set data.image_size={MIN_SIZE[name]} or more")
+    if name == "inception_v3":
+        kwargs.setdefault("aux_logits", False)
+        kwargs.setdefault("init_weights", True)
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    if name.startswith("vgg"):
+        model.avgpool = nn.AdaptiveAvgPool2d(1)
+        model.classifier = nn.Identity()
+        dim = 512
+    elif name.startswith("densenet"):
+        dim = model.classifier.in_features
+        model.classifier = nn.Identity()
+    else:
+        dim = model.fc.in_features
+        model.fc = nn.Identity()
+    if in_channels != 3:
+        replace_stem(model, in_channels)
+    model.feature_dim = dim
+    model.torchvision_name = name
+    return model
+
+
+def last_stage(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the deepest stage, which `finetune` unfreezes."""
+    name = getattr(model, "torchvision_name", "")
+    if name in LAST_STAGE:
+        return list(model.get_submodule(LAST_STAGE[name]).parameters())
+    if name.startswith("vgg"):  # the last block: everything after the 4th max-pool
+        pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+        return [p for m in list(model.features)[pools[-2] + 1:] for p in m.parameters()]
+    raise KeyError(name)
+
+
+def _register(name: str) -> Callable[..., nn.Module]:
+    def builder(image_size: int = 224, in_channels: int = 3, **kwargs) -> nn.Module:
+        return _build(name, image_size, in_channels, **kwargs)
+
+    builder.__doc__ = f"torchvision `{name}`, classifier removed."
+    return register_backbone(name)(builder)
+
+
+for _name in ("resnet18", "resnet50", "densenet121", "vgg16_bn", "inception_v3"):
+    _register(_name)
