@@ -187,8 +187,9 @@ class Adapted:
             raise UsageError("output folder exists and is not an adapted model", out,
                              "choose another --out, or empty the folder")
         doc = self.document()
-        save_tensors(out / WEIGHTS, head_tensors(self.head),
-                     {"format": "fewshot-adapted", "method": self.method})
+        # One metadata key: safetensors writes a metadata map in no fixed order, and the
+        # same inputs must give byte-identical weights.
+        save_tensors(out / WEIGHTS, head_tensors(self.head), {"format": "fewshot-adapted"})
         card = render_card(doc)
         atomic_write(out / CARD, lambda tmp: tmp.write_text(card, encoding="utf-8"))
         text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
