@@ -31,6 +31,32 @@ screen = Console(highlight=False, soft_wrap=True)
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors.")]
 
 
+def _opt(*decls: str, metavar: str | None = None, help: str, **kw):
+    return typer.Option(*decls, metavar=metavar, help=help, **kw)
+
+
+ConfigOpt = Annotated[Path | None, _opt("--config", "-c", metavar="FILE", help="Experiment "
+                                        "config (YAML); default: the shipped quickstart.")]
+SetOpt = Annotated[list[str] | None, _opt("--set", metavar="KEY=VALUE", help="Override one "
+                                          "config key, e.g. --set train.lr=0.01 (repeatable).")]
+OutOpt = Annotated[Path | None, _opt("--out", metavar="RUN_DIR",
+                                     help="Run directory (default runs/<name>-<time>).")]
+ResumeOpt = Annotated[str | None, _opt(
+    "--resume", is_flag=False, flag_value="runs/latest", metavar="[RUN_DIR]",
+    help="Continue a run from its checkpoint (default runs/latest).")]
+DataRootOpt = Annotated[str | None, _opt("--data-root", envvar="FEWSHOT_DATA", metavar="DIR",
+                                         help="Root of the task's datasets.")]
+DeviceOpt = Annotated[str | None, _opt("--device", metavar="NAME", help="auto, cpu, cuda or mps.")]
+SeedOpt = Annotated[int | None, _opt("--seed", metavar="S", help="Random seed.")]
+WandbOpt = Annotated[bool | None, _opt("--wandb/--no-wandb",
+                                       help="Log to W&B (offline unless configured).")]
+ProjectOpt = Annotated[str | None, _opt("--wandb-project", metavar="NAME", help="W&B project.")]
+EntityOpt = Annotated[str | None, _opt("--wandb-entity", metavar="NAME",
+                                       help="W&B entity (team).")]
+RunNameOpt = Annotated[str | None, _opt("--run-name", metavar="NAME", help="W&B run name.")]
+LogModelOpt = Annotated[bool, _opt("--log-model", help="Log the run directory as a W&B artifact.")]
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"fewshot {__version__}")
@@ -49,8 +75,10 @@ def root(
 def data_check(
     folder: Annotated[Path, typer.Argument(metavar="DIR",
                                            help="Folder laid out as <class>/<images>.")],
-    shots: Annotated[int, typer.Option(min=1, help="Support images per class.")] = 5,
-    queries: Annotated[int, typer.Option(min=0, help="Query images per class.")] = 15,
+    shots: Annotated[int, _opt("--shots", min=1, metavar="K",
+                               help="Support images per class.")] = 5,
+    queries: Annotated[int, _opt("--queries", min=0, metavar="Q",
+                                 help="Query images per class.")] = 15,
     quiet: Quiet = False,
 ) -> None:
     """Per-class table and every problem found: unreadable files, empty or small
@@ -76,25 +104,9 @@ def data_check(
               f"{len(report.classes)} classes, no problems found")
 
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Experiment config "
-                                                  "(YAML); default: the shipped quickstart.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override one config key, "
-                                                  "e.g. --set train.lr=0.01 (repeatable).")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory "
-                                             "(default runs/<name>-<time>).")]
-ResumeOpt = Annotated[str | None, typer.Option(
-    "--resume", is_flag=False, flag_value="runs/latest", metavar="[RUN_DIR]",
-    help="Continue a run from its checkpoint (default runs/latest).")]
-DataRootOpt = Annotated[str | None, typer.Option("--data-root", envvar="FEWSHOT_DATA",
-                                                 help="Root of the task's datasets.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
-WandbOpt = Annotated[bool | None, typer.Option("--wandb/--no-wandb",
-                                               help="Log to W&B (offline unless configured).")]
-
-
 def training_config(config: Path | None, overrides: list[str] | None, resume: str | None,
-                    device: str | None, seed: int | None):
+                    device: str | None, seed: int | None, project: str | None = None,
+                    entity: str | None = None, run_name: str | None = None):
     """The resolved config of a training command, and the run being resumed, if any."""
     from fewshot.config import load_config
     from fewshot.run import resolve_run
@@ -107,6 +119,9 @@ def training_config(config: Path | None, overrides: list[str] | None, resume: st
         extra.append(f"train.device={device}")
     if seed is not None:
         extra.append(f"train.seed={seed}")
+    for key, value in (("project", project), ("entity", entity), ("run_name", run_name)):
+        if value is not None:
+            extra.append(f"tracking.{key}={value}")
     return load_config(config, extra), run
 
 
@@ -114,17 +129,21 @@ def training_config(config: Path | None, overrides: list[str] | None, resume: st
 def meta_train_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
     resume: ResumeOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = None,
-    seed: SeedOpt = None, wandb: WandbOpt = None, quiet: Quiet = False,
+    seed: SeedOpt = None, wandb: WandbOpt = None, wandb_project: ProjectOpt = None,
+    wandb_entity: EntityOpt = None, run_name: RunNameOpt = None, log_model: LogModelOpt = False,
+    quiet: Quiet = False,
 ) -> None:
     """Meta-train an encoder and head on episodes of the base classes, keeping the model
     that does best on the held-apart val classes. No arguments: the shipped quickstart."""
     from fewshot.train.meta_train import Interrupted, meta_train
 
-    cfg, run = training_config(config, set_, resume, device, seed)
+    cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
+                               wandb_entity, run_name)
     config_dir = config.parent if config is not None else None
     try:
         result = meta_train(cfg, out=out, resume=run, data_root=data_root,
-                            config_dir=config_dir, use_wandb=wandb, quiet=quiet)
+                            config_dir=config_dir, use_wandb=wandb, log_model=log_model,
+                            quiet=quiet)
     except Interrupted as stop:
         print(f"interrupted: checkpoint saved; resume with: fewshot meta-train --resume "
               f"{stop.run.path}", file=sys.stderr)
@@ -136,6 +155,77 @@ def meta_train_cmd(
     if not quiet:
         screen.print("next: fewshot data sample new_disease/   then: "
                   "fewshot adapt --shots 5 new_disease/")
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
+    resume: ResumeOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = None,
+    seed: SeedOpt = None, wandb: WandbOpt = None, wandb_project: ProjectOpt = None,
+    wandb_entity: EntityOpt = None, run_name: RunNameOpt = None, quiet: Quiet = False,
+) -> None:
+    """Supervised pretraining of an encoder on the base classes (cross-entropy), keeping
+    the encoder with the best nearest-centroid accuracy on the val classes."""
+    from fewshot.train.meta_train import Interrupted
+    from fewshot.train.pretrain import pretrain
+
+    cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
+                               wandb_entity, run_name)
+    config_dir = config.parent if config is not None else None
+    try:
+        result = pretrain(cfg, out=out, resume=run, data_root=data_root, config_dir=config_dir,
+                          use_wandb=wandb, quiet=quiet)
+    except Interrupted as stop:
+        print(f"interrupted: checkpoint saved; resume with: fewshot pretrain --resume "
+              f"{stop.run.path}", file=sys.stderr)
+        raise typer.Exit(130) from None
+    best = result.read_meta()["metrics"].get("val/acc")
+    screen.print(f"model written to {result.path}"
+                 + (f" (val nearest-centroid accuracy {100 * best:.2f}%)" if best else ""))
+    if not quiet:
+        screen.print(f"next: fewshot evaluate --model {result.path} --head simpleshot "
+                     f"--head linear-probe --task {cfg.data.task}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[list[str], _opt("--model", "-m", metavar="RUN_DIR", help="A run "
+                                     "directory, 'pixels' or 'random:<backbone>' (repeatable; "
+                                     "the first pair is the reference).")],
+    task: Annotated[str, _opt("--task", "-t", metavar="FILE", help="Task YAML file.")],
+    head: Annotated[list[str] | None, _opt("--head", metavar="NAME", help="Head (repeatable; "
+                                           "pairs with --model in order). Default: the "
+                                           "model's own head.")] = None,
+    split: Annotated[str, _opt("--split", metavar="SPLIT", help="base, val or novel.")] = "novel",
+    ways: Annotated[int, _opt("--ways", min=2, metavar="N", help="Classes per episode.")] = 5,
+    shots: Annotated[int, _opt("--shots", min=1, metavar="K", help="Support images per "
+                               "class.")] = 5,
+    queries: Annotated[int, _opt("--queries", min=1, metavar="Q", help="Query images per "
+                                 "class.")] = 15,
+    episodes: Annotated[int, _opt("--episodes", min=1, metavar="E", help="Episodes.")] = 600,
+    slow_episodes: Annotated[int | None, _opt(
+        "--slow-episodes", min=1, metavar="E", help="Episodes for heads that re-run the "
+        "encoder (finetune, MAML family); default 100 on CPU, all on GPU.")] = None,
+    seed: Annotated[int, _opt("--seed", metavar="S", help="Episode seed.")] = 0,
+    json_out: Annotated[Path | None, _opt("--json", metavar="FILE", help="Write every number, "
+                                          "per-episode accuracies included, as JSON.")] = None,
+    data_root: DataRootOpt = None, device: DeviceOpt = None, quiet: Quiet = False,
+) -> None:
+    """Score models and heads on the same seeded episodes of a split: accuracy ± 95% CI,
+    macro-F1, balanced accuracy, AUROC, per-class sensitivity, paired differences."""
+    import json
+
+    from fewshot.evaluate import evaluate, results_table, sensitivity_table
+
+    result = evaluate(model, head or [], task, split=split, ways=ways, shots=shots,
+                      queries=queries, episodes=episodes, seed=seed, data_root=data_root,
+                      device=device or "auto", slow_episodes=slow_episodes, quiet=quiet)
+    screen.print(results_table(result))
+    if not quiet:
+        screen.print(sensitivity_table(result))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 @app.command("adapt")

@@ -63,6 +63,8 @@ class TrainConfig(Section):
     episodes: int = Field(default=2000, ge=1)
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=128, ge=1)
+    epoch_size: int | None = Field(default=None, ge=1)
+    """Images per pretraining epoch (a fresh seeded subset each epoch); None: all."""
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)

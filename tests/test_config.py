@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_folder
 
+from conftest import make_folder
 from fewshot.config import load_config
 from fewshot.data.tasks import load_task
 from fewshot.errors import UsageError

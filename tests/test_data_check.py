@@ -3,9 +3,9 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-from conftest import make_folder, run_cli, write_image
 from PIL import Image
 
+from conftest import make_folder, run_cli, write_image
 from fewshot.data.folders import load_image, scan_folder
 
 

@@ -1,10 +1,11 @@
 """Freeze-then-unfreeze fine-tuning on the support set only (transfer learning at test time).
 
 Phase 1 trains a linear head on frozen features (the linear probe). Phase 2 unfreezes
-the encoder's last stage and trains it with the head at a lower learning rate, on flipped
-and rotated support images (no rescaling: size is a diagnostic cue). Batch-norm keeps
-its stored statistics (inductive; five images are too few to estimate them). The encoder
-is restored after every episode, so episodes stay independent.
+the encoder's last stage and trains it with the head at a lower learning rate, on
+flipped, rotated and colour-jittered support images (no rescaling: size is a diagnostic
+cue). Batch-norm keeps its stored statistics (inductive; five images are too few to
+estimate them). The encoder is restored after every episode, so episodes stay
+independent.
 
 Cost: every phase-2 step runs the encoder forward on the support set (backward only
 through the last stage), so an episode costs about `finetune_steps` support passes
@@ -17,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fewshot.data.augment import augment as augment_images
 from fewshot.methods.base import FewShotHead, register_head
-from fewshot.methods.common import flip_rotate
 from fewshot.methods.linear_probe import train_linear
 from fewshot.methods.simpleshot import centre_normalise
 from fewshot.models.registry import last_stage_parameters
@@ -70,7 +71,7 @@ class FineTune(FewShotHead):
                                       {"params": params, "lr": self.finetune_lr}])
         with torch.enable_grad():
             for _ in range(self.finetune_steps):
-                images = flip_rotate(support, generator) if self.augment else support
+                images = augment_images(support, generator=generator) if self.augment else support
                 optimizer.zero_grad(set_to_none=True)
                 F.cross_entropy(linear(self.embed(images)), support_labels).backward()
                 optimizer.step()

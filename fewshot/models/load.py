@@ -5,10 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from fewshot.errors import UsageError
 from fewshot.methods import FewShotHead, build_head
 from fewshot.models.registry import build_backbone
 from fewshot.run import RunDir, resolve_run
+
+
+def takes_option(head: str, option: str) -> bool:
+    """Whether head `head`'s constructor accepts `option` by name."""
+    import inspect
+
+    from fewshot.methods.base import HEADS
+
+    build_head("protonet", nn.Identity())  # registers the built-in heads
+    cls = HEADS.get(head)
+    return cls is not None and option in inspect.signature(cls).parameters
 
 
 def load_model(run: RunDir | str | Path | None = None, head: str | None = None,
@@ -27,6 +40,9 @@ def load_model(run: RunDir | str | Path | None = None, head: str | None = None,
     name = head or trained_head
     options = dict(meta.get("head_options", {})) if name == trained_head else {}
     options.update(head_overrides)
+    if ("base_mean" not in options and run.prototypes_path.is_file()
+            and takes_option(name, "base_mean")):
+        options["base_mean"] = run.load_prototypes()[2]  # SimpleShot-style centring
     try:
         model = build_head(name, encoder, **options)
     except TypeError as exc:

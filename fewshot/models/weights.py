@@ -154,6 +154,24 @@ def _offline(backbone: str, exc: Exception) -> UsageError:
                       "(--set model.weights=PATH.pth)")
 
 
+def backbone_name(encoder: nn.Module) -> str:
+    """The registry name of an encoder built by torchvision or timm (for `imagenet`)."""
+    if hasattr(encoder, "timm_name"):
+        return f"timm:{encoder.timm_name}"
+    return getattr(encoder, "torchvision_name", type(encoder).__name__.lower())
+
+
+def load_encoder_weights(encoder: nn.Module, weights: str | Path | None,
+                         backbone: str | None = None, quiet: bool = False) -> LoadReport | None:
+    """`load_weights`, with the report printed as one line on stderr unless quiet."""
+    report = load_weights(encoder, weights, backbone or backbone_name(encoder))
+    if report is not None and not quiet:
+        from fewshot.tracking import console
+
+        console.print(report.summary(), markup=False)
+    return report
+
+
 def load_weights(model: nn.Module, weights: str | Path | None, backbone: str) -> LoadReport | None:
     """Apply `model.weights` (None, `imagenet`, a file, or a run directory) to an encoder."""
     if weights is None or str(weights) in {"", "none", "scratch", "random"}:

@@ -196,12 +196,13 @@ def model_meta(config: Config, task: Task, image_size: int, head: FewShotHead,
 
 
 def write_prototypes(run: RunDir, encoder: nn.Module, images: Tensor, data: SplitData,
-                     transform, device: torch.device) -> None:
+                     transform, device: torch.device,
+                     per_class: int = PROTOTYPE_IMAGES_PER_CLASS) -> None:
     """Per-class mean features of the base classes (at most 1000 images a class, chosen
     with a fixed seed) and their overall mean, for SimpleShot and `adapt --keep-base`."""
     rng = np.random.default_rng(0)
     keep = np.concatenate([
-        rng.permutation(np.flatnonzero(data.labels == c))[:PROTOTYPE_IMAGES_PER_CLASS]
+        rng.permutation(np.flatnonzero(data.labels == c))[:per_class]
         for c in range(len(data.classes))
     ])
     keep.sort()
@@ -213,7 +214,8 @@ def write_prototypes(run: RunDir, encoder: nn.Module, images: Tensor, data: Spli
 
 def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir | None = None,
                data_root: str | None = None, config_dir: Path | None = None,
-               use_wandb: bool | None = None, quiet: bool = False) -> RunDir:
+               use_wandb: bool | None = None, log_model: bool = False,
+               quiet: bool = False) -> RunDir:
     """Run (or resume) meta-training; returns the run directory."""
     t = config.train
     device = pick_device(t.device)
@@ -351,5 +353,7 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
     write_prototypes(run, head.encoder, base_images, base, normalize, device)
     run.write_meta(model_meta(config, task, image_size, head, ways, state))
     tracker.summary({"val/best_acc": state.best_acc, "best_episode": state.best_episode})
+    if log_model:
+        tracker.log_artifact(run.path, name=f"model-{run.path.name}")
     tracker.finish()
     return run

@@ -1,0 +1,349 @@
+"""The evaluation protocol (CONTRACT.md): seeded N-way K-shot episodes of a split, scored
+for one or more (model, head) pairs on the very same episodes.
+
+Per episode: accuracy, macro-F1, balanced accuracy and macro one-vs-rest AUROC, averaged
+over episodes as mean ± 1.96·std/√E (ddof=1); per-class sensitivity pooled over all
+episodes per class name; for every pair after the first, the mean paired difference in
+accuracy against the first, with its 95% CI. Inductive: the encoder is in eval mode
+(stored batch-norm statistics) and nothing is computed from the query set.
+
+Feature-based heads see each image once: the split is embedded once per model and the
+episodes index the features. Heads that re-run the encoder (finetune, MAML family) cost
+an encoder pass per step and episode; on the CPU they run on the first
+`slow_episodes` episodes only (default 100), which are the same episodes the other pairs
+see, and their paired differences use those episodes.
+
+`--model` takes a run directory, `pixels` (16x16 raw pixels, the floor) or
+`random:<backbone>` (random initialisation, seeded). Models without a stored base mean
+centre on the mean feature of a seeded subset of the task's base images.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fewshot.data.episodes import EpisodeSampler, episode_labels
+from fewshot.data.images import Normalize, load_split_images
+from fewshot.data.tasks import Task, load_task
+from fewshot.errors import UsageError
+from fewshot.methods import FewShotHead, build_head
+from fewshot.tracking import PlainProgress, console, make_progress
+from fewshot.train.device import pick_device
+from fewshot.train.images import embed, subsample
+
+SLOW_EPISODES_CPU = 100
+BASE_MEAN_PER_CLASS = 100
+"""Base images per class embedded for the centring mean of models without prototypes."""
+CI_Z = 1.96
+
+
+def mean_ci(values: np.ndarray) -> tuple[float, float]:
+    """Mean and 95% CI half-width 1.96·std(ddof=1)/√E (0 for a single value)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    return float(values.mean()), float(CI_Z * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+# ---------------------------------------------------------------- per-episode metrics
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """One-vs-rest AUROC by the rank-sum (Mann-Whitney) formula, ties averaged."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    ranks = average_rank[inverse]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def episode_metrics(logits: Tensor, labels: Tensor, ways: int) -> dict[str, Any]:
+    """Accuracy, macro-F1, balanced accuracy, macro OvR AUROC and per-class hits."""
+    probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
+    y = labels.cpu().numpy()
+    pred = logits.argmax(-1).cpu().numpy()
+    f1s, recalls, aucs, hits, totals = [], [], [], [], []
+    for c in range(ways):
+        tp = int(((pred == c) & (y == c)).sum())
+        fp = int(((pred == c) & (y != c)).sum())
+        fn = int(((pred != c) & (y == c)).sum())
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        recalls.append(tp / (tp + fn) if tp + fn else 0.0)
+        aucs.append(auroc(probs[:, c], y == c))
+        hits.append(tp)
+        totals.append(tp + fn)
+    return {"accuracy": float((pred == y).mean()), "macro_f1": float(np.mean(f1s)),
+            "balanced_accuracy": float(np.mean(recalls)), "auroc": float(np.nanmean(aucs)),
+            "hits": hits, "totals": totals}
+
+
+# ---------------------------------------------------------------- models
+@dataclass
+class Candidate:
+    """One (model, head) pair under evaluation."""
+
+    model: str
+    head_name: str
+    head: FewShotHead
+    image_size: int
+    normalize: Normalize
+    episodes: int
+    accuracy: list[float] = field(default_factory=list)
+    macro_f1: list[float] = field(default_factory=list)
+    balanced_accuracy: list[float] = field(default_factory=list)
+    auroc: list[float] = field(default_factory=list)
+    hits: dict[str, int] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} + {self.head_name}"
+
+
+def pair_up(models: list[str], heads: list[str]) -> list[tuple[str, str | None]]:
+    """`--model` and `--head` pair in order; one of either is shared by all of the other."""
+    if not models:
+        raise UsageError("no model to evaluate", "--model", "pass --model RUN_DIR")
+    if not heads:
+        return [(m, None) for m in models]
+    if len(models) == 1:
+        return [(models[0], h) for h in heads]
+    if len(heads) == 1:
+        return [(m, heads[0]) for m in models]
+    if len(models) != len(heads):
+        raise UsageError(f"{len(models)} --model and {len(heads)} --head do not pair up",
+                         "--head", "give one head, one model, or as many of each")
+    return list(zip(models, heads, strict=True))
+
+
+def accepted(head_name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options a head's constructor takes (all of them if it takes **kwargs)."""
+    from fewshot.methods.base import HEADS
+
+    build_head("protonet", nn.Identity())  # registers the built-in heads
+    if head_name not in HEADS:
+        raise UsageError("unknown head", head_name, f"choose one of {sorted(HEADS)}")
+    params = inspect.signature(HEADS[head_name]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return options
+    return {k: v for k, v in options.items() if k in params}
+
+
+class Models:
+    """Builds each `--model` once and caches its encoder, base mean and split features."""
+
+    def __init__(self, task: Task, split: str, seed: int, device: torch.device,
+                 quiet: bool) -> None:
+        self.task, self.split, self.seed, self.device, self.quiet = task, split, seed, device, quiet
+        self.images: dict[int, tuple[Tensor, Any]] = {}
+        self.features: dict[str, Tensor] = {}
+        self.base_means: dict[str, Tensor | None] = {}
+
+    def split_images(self, size: int) -> tuple[Tensor, Any]:
+        if size not in self.images:
+            self.images[size] = load_split_images(self.task, self.split, size, self.quiet)
+        return self.images[size]
+
+    def build(self, spec: str, head_name: str | None,
+              options: dict[str, Any]) -> tuple[FewShotHead, int, Normalize]:
+        """(head on the model's encoder, image size, normalisation) of one `--model`."""
+        if spec == "pixels" or spec.startswith("random:"):
+            from fewshot.models import build_backbone
+
+            name = head_name or "simpleshot"
+            size = self.task.image_size
+            torch.manual_seed(self.seed)
+            encoder = build_backbone("pixels" if spec == "pixels" else spec[7:], image_size=size)
+            normalize = Normalize()
+            if spec not in self.base_means:
+                self.base_means[spec] = self.base_mean(encoder.to(self.device).eval(), size,
+                                                       normalize)
+            opts = {"base_mean": self.base_means[spec], **options}
+            head = build_head(name, encoder, **accepted(name, opts))
+        else:
+            from fewshot.models.load import load_model
+            from fewshot.run import RunDir
+
+            if not Path(spec).is_dir():
+                raise UsageError("model not found", spec,
+                                 "pass a run directory, 'pixels' or 'random:<backbone>'")
+            name = head_name or RunDir(spec).read_meta().get("head") or "simpleshot"
+            head, meta = load_model(spec, head=name, **accepted(name, options))
+            size = int(meta["image_size"])
+            norm = meta.get("normalization") or meta.get("normalisation") or {}
+            normalize = Normalize(norm["mean"], norm["std"]) if norm else Normalize()
+        return head.to(self.device).eval(), size, normalize
+
+    def base_mean(self, encoder: nn.Module, size: int, normalize: Normalize) -> Tensor | None:
+        if not self.task.classes("base"):
+            return None
+        images, data = load_split_images(self.task, "base", size, self.quiet)
+        keep = torch.from_numpy(subsample(data.labels, BASE_MEAN_PER_CLASS, self.seed))
+        features = embed(encoder, images[keep], normalize, self.device, quiet=self.quiet,
+                         description="base mean")
+        return features.mean(0)
+
+    def split_features(self, spec: str, encoder: nn.Module, size: int,
+                       normalize: Normalize) -> Tensor:
+        if spec not in self.features:
+            images, _ = self.split_images(size)
+            self.features[spec] = embed(encoder, images, normalize, self.device,
+                                        quiet=self.quiet, description=f"embedding {spec}")
+        return self.features[spec].to(self.device)
+
+
+# ---------------------------------------------------------------- the protocol
+def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: str = "novel",
+             ways: int = 5, shots: int = 5, queries: int = 15, episodes: int = 600,
+             seed: int = 0, data_root: str | None = None, device: str = "auto",
+             slow_episodes: int | None = None, head_options: dict[str, Any] | None = None,
+             quiet: bool = False) -> dict[str, Any]:
+    """Score every (model, head) pair on the same seeded episodes; returns the JSON dict."""
+    from fewshot import __version__
+
+    if split not in ("base", "val", "novel"):
+        raise UsageError("unknown split", split, "use base, val or novel")
+    dev = pick_device(device)
+    loaded = load_task(task, data_root)
+    cache = Models(loaded, split, seed, dev, quiet)
+    if slow_episodes is None:
+        slow_episodes = episodes if dev.type == "cuda" else SLOW_EPISODES_CPU
+    candidates: list[Candidate] = []
+    for spec, head_name in pair_up(models, heads):
+        options = {"seed": seed, **(head_options or {})}
+        head, size, normalize = cache.build(spec, head_name, options)
+        count = episodes if head.feature_based else min(episodes, slow_episodes)
+        candidates.append(Candidate(spec, head.name, head, size, normalize, count))
+        if count < episodes and not quiet:
+            console.print(f"note: {head.name} re-runs the encoder every step, so it is scored "
+                          f"on the first {count} of the {episodes} episodes (--slow-episodes)")
+
+    _, data = cache.split_images(candidates[0].image_size)
+    sampler = EpisodeSampler(data.labels, ways, shots, queries, episodes=episodes, seed=seed,
+                             groups=data.groups, class_names=data.classes)
+    features: dict[int, Tensor] = {}
+    for i, c in enumerate(candidates):
+        if c.head.feature_based:  # embed once per model; the head then sees features only
+            features[i] = cache.split_features(c.model, c.head.encoder, c.image_size,
+                                               c.normalize)
+            c.head.encoder = nn.Identity()
+    support_labels = episode_labels(ways, shots, dev)
+    query_labels = episode_labels(ways, sampler.queries, dev)
+
+    progress = make_progress(quiet)
+    plain = PlainProgress("evaluate", episodes, quiet=quiet or not progress.disable)
+    with progress:
+        bar = progress.add_task("evaluate", total=episodes, status="")
+        for index in range(episodes):
+            ep = sampler.episode(index)
+            names = [data.classes[c] for c in ep.classes]
+            for i, c in enumerate(candidates):
+                if index >= c.episodes:
+                    continue
+                logits = run_episode(c, ep, features.get(i), cache, support_labels)
+                record(c, episode_metrics(logits, query_labels, ways), names)
+            progress.update(bar, completed=index + 1,
+                            status=f"{100 * np.mean(candidates[0].accuracy):.1f}%")
+            plain.update(index + 1)
+
+    return {
+        "fewshot_version": __version__,
+        "task": loaded.name, "split": split, "ways": ways, "shots": shots,
+        "queries": sampler.queries, "episodes": episodes, "seed": seed,
+        "protocol": "inductive",
+        "results": [summarise(c) for c in candidates],
+        "paired": [paired(candidates[0], c) for c in candidates[1:]],
+    }
+
+
+def run_episode(c: Candidate, ep, features: Tensor | None, cache: Models,
+                support_labels: Tensor) -> Tensor:
+    """Query logits of one episode for one pair."""
+    if features is not None:
+        support_index = torch.from_numpy(ep.support).to(features.device)
+        query_index = torch.from_numpy(ep.query).to(features.device)
+        with torch.no_grad():
+            c.head.process_support_set(features[support_index], support_labels)
+            return c.head(features[query_index])
+    images, _ = cache.split_images(c.image_size)
+    support = c.normalize(images[torch.from_numpy(ep.support)].to(cache.device))
+    query = c.normalize(images[torch.from_numpy(ep.query)].to(cache.device))
+    c.head.process_support_set(support, support_labels)  # may train: gradients allowed
+    with torch.no_grad():
+        return c.head(query)
+
+
+def record(c: Candidate, metrics: dict[str, Any], names: list[str]) -> None:
+    for key in ("accuracy", "macro_f1", "balanced_accuracy", "auroc"):
+        getattr(c, key).append(metrics[key])
+    for name, hit, total in zip(names, metrics["hits"], metrics["totals"], strict=True):
+        c.hits[name] = c.hits.get(name, 0) + hit
+        c.totals[name] = c.totals.get(name, 0) + total
+
+
+def summarise(c: Candidate) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": c.model, "head": c.head_name, "episodes": len(c.accuracy)}
+    for key in ("accuracy", "macro_f1", "balanced_accuracy", "auroc"):
+        mean, ci = mean_ci(np.asarray(getattr(c, key)))
+        out[key] = {"mean": mean, "ci95": ci}
+    out["per_class_sensitivity"] = {name: c.hits[name] / c.totals[name]
+                                    for name in sorted(c.totals)}
+    out["per_episode_accuracy"] = c.accuracy
+    return out
+
+
+def paired(reference: Candidate, other: Candidate) -> dict[str, Any]:
+    """Mean difference in accuracy (other − reference) on their common episodes."""
+    n = min(len(reference.accuracy), len(other.accuracy))
+    diff = np.asarray(other.accuracy[:n]) - np.asarray(reference.accuracy[:n])
+    mean, ci = mean_ci(diff)
+    return {"reference": reference.label, "other": other.label, "episodes": n,
+            "accuracy_difference": {"mean": mean, "ci95": ci}}
+
+
+def results_table(result: dict[str, Any]):
+    """A rich table of the results (percentages) with paired differences."""
+    from rich.table import Table
+
+    title = (f"{result['task']} / {result['split']}: {result['ways']}-way {result['shots']}-shot,"
+             f" {result['queries']} queries, seed {result['seed']}")
+    table = Table(title=title)
+    for column in ("model", "head", "episodes", "accuracy %", "macro-F1", "balanced acc",
+                   "AUROC", "Δ acc vs first"):
+        table.add_column(column, justify="left" if column in ("model", "head") else "right")
+    diffs = {p["other"]: p for p in result["paired"]}
+
+    def pct(entry: dict[str, float]) -> str:
+        return f"{100 * entry['mean']:.2f} ± {100 * entry['ci95']:.2f}"
+
+    for r in result["results"]:
+        label = f"{r['model']} + {r['head']}"
+        d = diffs.get(label)
+        delta = (f"{100 * d['accuracy_difference']['mean']:+.2f} ± "
+                 f"{100 * d['accuracy_difference']['ci95']:.2f}") if d else "-"
+        table.add_row(r["model"], r["head"], str(r["episodes"]), pct(r["accuracy"]),
+                      pct(r["macro_f1"]), pct(r["balanced_accuracy"]), pct(r["auroc"]), delta)
+    return table
+
+
+def sensitivity_table(result: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title="per-class sensitivity % (pooled over episodes)")
+    table.add_column("class")
+    for r in result["results"]:
+        table.add_column(f"{r['model']} + {r['head']}", justify="right")
+    names = sorted({n for r in result["results"] for n in r["per_class_sensitivity"]})
+    for name in names:
+        table.add_row(name, *[f"{100 * r['per_class_sensitivity'].get(name, float('nan')):.1f}"
+                              for r in result["results"]])
+    return table

@@ -1,0 +1,191 @@
+"""meta-train end to end on a tiny synthetic task: run directory, model selection, early
+stopping, exact resume after SIGKILL, Ctrl-C, and W&B records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import make_folder, run_cli
+from fewshot.config import load_config
+from fewshot.train.meta_train import meta_train, run_episodes
+
+TINY = ["model.backbone_args={channels: 8}", "train.ways=2", "train.shots=2",
+        "train.queries=3", "train.val_episodes=10", "train.lr=0.01", "tracking.wandb=false"]
+
+
+@pytest.fixture
+def tiny_task(tmp_path: Path) -> Path:
+    make_folder(tmp_path / "root" / "ds", {f"c{i}": 10 for i in range(8)}, size=16)
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "image_size": 16, "data_root": "root", "datasets": {"x": "ds"},
+        "splits": {"base": ["x/c0", "x/c1", "x/c2", "x/c3"], "val": ["x/c4", "x/c5"],
+                   "novel": ["x/c6", "x/c7"]},
+    }))
+    return path
+
+
+def config_for(task: Path, *extra: str):
+    return load_config(None, [f"data.task={task}", *TINY, *extra])
+
+
+def test_writes_run_dir_and_keeps_best_validated_model(tiny_task, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = config_for(tiny_task, "train.episodes=30", "train.val_every=10")
+    run = meta_train(config, quiet=True)
+    for name in ("config.yaml", "model.safetensors", "model.json", "prototypes.safetensors",
+                 "metrics.jsonl", "checkpoint/last.safetensors", "checkpoint/state.pt"):
+        assert (run.path / name).is_file(), name
+    assert (tmp_path / "runs" / "latest").resolve() == run.path.resolve()
+    meta = run.read_meta()
+    history = torch.load(run.path / "checkpoint" / "state.pt", weights_only=True)["train"][
+        "history"]
+    assert [h["episode"] for h in history] == [10, 20, 30]
+    best = max(history, key=lambda h: h["acc"])  # first of the maxima wins ties
+    assert meta["metrics"]["best_episode"] == best["episode"]
+    assert meta["metrics"]["val/acc"] == pytest.approx(best["acc"])
+
+    # the saved model really is the one that scored best: re-score it on the same episodes
+    from fewshot.data.images import Normalize, load_split_images
+    from fewshot.data.tasks import load_task
+    from fewshot.models.load import load_model
+
+    model, _ = load_model(run)
+    images, val = load_split_images(load_task(tiny_task), "val", quiet=True)
+    accs = run_episodes(model, images, val, Normalize(), torch.device("cpu"), 2, 2, 3, 10,
+                        seed=config.train.seed + 1_000_003)
+    assert accs.mean() == pytest.approx(best["acc"])
+
+    lines = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert sum("train/loss" in rec for rec in lines) == 30
+    assert sum("val/acc" in rec for rec in lines) == 3
+    names, protos, base_mean = run.load_prototypes()
+    assert names == ["x/c0", "x/c1", "x/c2", "x/c3"] and protos.shape[0] == 4
+
+
+def test_early_stopping_stops(tiny_task, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a learning rate too small to change anything: no validation improves on the first
+    config = config_for(tiny_task, "train.episodes=200", "train.val_every=5", "train.patience=2",
+                        "train.lr=1e-12", "train.augment=false")
+    run = meta_train(config, quiet=True)
+    meta = run.read_meta()
+    assert meta["metrics"]["stopped_early"] is True
+    assert meta["metrics"]["episodes_trained"] == 15
+    assert meta["metrics"]["best_episode"] == 5
+
+
+def _cli_train(tiny_task: Path, out: Path, *extra: str, **popen) -> subprocess.Popen:
+    args = [sys.executable, "-m", "fewshot", "meta-train", "--quiet", "--no-wandb",
+            "--set", f"data.task={tiny_task}", *sum((["--set", s] for s in TINY), []),
+            "--out", str(out), *extra]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.Popen(args, cwd=out.parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, min_episode: int) -> None:
+    state = run_dir / "checkpoint" / "state.pt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if state.is_file():
+            try:
+                saved = torch.load(state, weights_only=True)
+                if saved["train"]["next_episode"] >= min_episode:
+                    return
+            except (EOFError, RuntimeError):
+                pass
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+TRAIN = ["--set", "train.episodes=40", "--set", "train.val_every=10",
+         "--set", "train.checkpoint_every=4"]
+
+
+def test_sigkill_then_resume_reaches_the_same_weights(tiny_task, tmp_path):
+    whole = _cli_train(tiny_task, tmp_path / "whole", *TRAIN)
+    assert whole.wait(timeout=600) == 0, whole.communicate()
+
+    killed = _cli_train(tiny_task, tmp_path / "killed", *TRAIN)
+    _wait_for_checkpoint(tmp_path / "killed", killed, 12)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    saved = torch.load(tmp_path / "killed/checkpoint/state.pt", weights_only=True)
+    assert saved["train"]["next_episode"] < 40  # really interrupted part way
+
+    resumed = run_cli("meta-train", "--quiet", "--no-wandb", "--resume", str(tmp_path / "killed"),
+                      cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("model.safetensors", "checkpoint/last.safetensors"):
+        a = load_file(tmp_path / "whole" / name)
+        b = load_file(tmp_path / "killed" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+
+
+def test_ctrl_c_saves_exits_130_and_resume_finishes(tiny_task, tmp_path):
+    run_dir = tmp_path / "run"
+    process = _cli_train(tiny_task, run_dir, *TRAIN, "--set", "train.episodes=400")
+    _wait_for_checkpoint(run_dir, process, 4)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "fewshot meta-train --resume" in err and "Traceback" not in err
+    state = torch.load(run_dir / "checkpoint/state.pt", weights_only=True)
+    stopped_at = state["train"]["next_episode"]
+    assert 4 <= stopped_at < 400
+    load_file(run_dir / "checkpoint/last.safetensors")
+
+    done = run_cli("meta-train", "--quiet", "--resume", str(run_dir), "--set",
+                   "train.patience=1000", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert meta["metrics"]["episodes_trained"] == 400
+
+
+def _wandb_records(wandb_dir: Path) -> list[dict]:
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_dir)],
+                         capture_output=True, text=True, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_wandb_offline_records_train_and_val_history(tiny_task, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = config_for(tiny_task, "train.episodes=12", "train.val_every=4",
+                        "tracking.wandb=true", "tracking.log_every=2")
+    run = meta_train(config, quiet=True)
+    records = _wandb_records(run.path / "wandb")
+    history = [r["history"]["item"] for r in records if r.get("type") == "history"]
+    train_steps = [h["_step"] for h in history if "train/loss" in h]
+    val_steps = [h["_step"] for h in history if "val/acc" in h]
+    assert train_steps == [2, 4, 6, 8, 10, 12]
+    assert val_steps == [4, 8, 12]
+    run_record = next(r["run"] for r in records if r.get("type") == "run")
+    assert run_record["job_type"] == "meta-train"
+
+
+def test_no_wandb_writes_no_wandb_files(tiny_task, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = meta_train(config_for(tiny_task, "train.episodes=4", "train.val_every=4"),
+                     use_wandb=False, quiet=True)
+    assert not (run.path / "wandb").exists()
+    assert not (tmp_path / "wandb").exists()
+    assert np.isfinite(json.loads((run.path / "metrics.jsonl").read_text().splitlines()[0])
+                       ["train/loss"])
