@@ -1,3 +1,12 @@
 """Imports every built-in head so that its `@register_head` runs."""
 
-from fewshot.methods import finetune, linear_probe, protonet, simpleshot  # noqa: F401
+from fewshot.methods import (  # noqa: F401
+    anil,
+    finetune,
+    fomaml,
+    linear_probe,
+    maml,
+    metasgd,
+    protonet,
+    simpleshot,
+)
