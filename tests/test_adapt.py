@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_folder, run_cli
 from safetensors.torch import load_file
 
 import fewshot
+from conftest import make_folder, run_cli
 from fewshot.adapt import BaseModel, select_support, wilson_interval
 from fewshot.adapted import Adapted
 from fewshot.data.folders import scan_folder
