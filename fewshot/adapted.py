@@ -28,12 +28,37 @@ FORMAT_VERSION = 1
 WEIGHTS, META, CARD = "adapted.safetensors", "adapted.json", "MODEL_CARD.md"
 
 
+TASK_STATE = "task."
+"""Prefix of the MAML family's per-task state: `_fast` (adapted weights by name),
+`_support` (the normalised support images, whose batch statistics normalise the query
+when the encoder has no stored ones) and `_episode_ways`, plain attributes of
+`fewshot.methods.gbml.GradientMetaHead` after `process_support_set`."""
+
+
 def head_tensors(head: nn.Module) -> dict[str, Tensor]:
-    """All parameters and buffers, the non-persistent ones too: heads keep what they
-    computed from the support set (prototypes, centroids) in non-persistent buffers."""
+    """All parameters and buffers, the non-persistent ones too (heads keep what they
+    computed from the support set, prototypes and centroids, in non-persistent buffers),
+    and the MAML family's per-task state."""
     out = {name: p.detach() for name, p in head.named_parameters()}
     out.update({name: b.detach() for name, b in head.named_buffers()})
+    fast = getattr(head, "_fast", None)
+    if isinstance(fast, dict):
+        out.update({f"{TASK_STATE}fast.{k}": v.detach() for k, v in fast.items()})
+        out[f"{TASK_STATE}support"] = head._support.detach()
+        out[f"{TASK_STATE}ways"] = torch.tensor(int(head._episode_ways))
     return out
+
+
+def restore_task_state(head: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Set the MAML family's per-task state; returns the other tensors."""
+    task = {k.removeprefix(TASK_STATE): v for k, v in tensors.items()
+            if k.startswith(TASK_STATE)}
+    if task:
+        head._fast = {k.removeprefix("fast."): v for k, v in task.items()
+                      if k.startswith("fast.")}
+        head._support = task["support"]
+        head._episode_ways = int(task["ways"])
+    return {k: v for k, v in tensors.items() if not k.startswith(TASK_STATE)}
 
 
 def restore_tensors(head: nn.Module, tensors: dict[str, Tensor], where: Path) -> None:
@@ -42,6 +67,7 @@ def restore_tensors(head: nn.Module, tensors: dict[str, Tensor], where: Path) ->
     A layer the head creates while adapting (a linear classifier, `None` until then) is
     created here from the shapes of its `weight` and `bias`.
     """
+    tensors = restore_task_state(head, tensors)
     prefixes = sorted({key.rsplit(".", 1)[0] for key in tensors if "." in key})
     for prefix in prefixes:
         parent_path, _, name = prefix.rpartition(".")
@@ -69,7 +95,8 @@ def restore_tensors(head: nn.Module, tensors: dict[str, Tensor], where: Path) ->
         else:
             raise DataError(f"adapted weights do not fit the method (unexpected '{key}')",
                             where, "re-run fewshot adapt with this fewshot version")
-    missing = sorted(set(head_tensors(head)) - set(tensors))
+    missing = sorted({k for k in head_tensors(head) if not k.startswith(TASK_STATE)}
+                     - set(tensors))
     if missing:
         raise DataError(f"adapted weights lack '{missing[0]}'", where,
                         "the file is incomplete; re-run fewshot adapt")

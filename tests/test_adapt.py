@@ -297,3 +297,16 @@ def test_missing_folder_and_unknown_method_cannot_start(tmp_path, run_dir):
         predict_command(tmp_path / "adapted", [two / "alpha", tmp_path / "nope.png"], None,
                         "csv", None, None, True)
     assert gone.value.exit_code == 2
+
+
+def test_maml_family_head_adapts_saves_and_reloads(tmp_path, new_disease):
+    run = write_run(tmp_path / "maml-run", head="maml")
+    model = BaseModel(run.path)
+    adapted = model.adapt(new_disease, shots=3, out=tmp_path / "one")  # default: maml
+    model.adapt(new_disease, shots=3, out=tmp_path / "two")
+    assert adapted.method == "maml" and adapted.metrics["heldout"] == 10
+    one = (tmp_path / "one" / "adapted.safetensors").read_bytes()
+    assert one == (tmp_path / "two" / "adapted.safetensors").read_bytes()
+    loaded = Adapted.load(tmp_path / "one")
+    images = decode_all(scan_folder(new_disease).paths, SIZE, quiet=True)
+    assert torch.equal(adapted.probabilities(images), loaded.probabilities(images))
