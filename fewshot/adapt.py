@@ -341,7 +341,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     fit_head(head, selection.support_images, labels, transform, dev,
              base_prototypes if keep_base else None)
     adapted = Adapted(
-        head=head.cpu(), classes=classes, method=method, head_options=options,
+        head=head, classes=classes, method=method, head_options=options,
         info={"backbone": meta["backbone"], "backbone_args": meta.get("backbone_args", {}),
               "image_size": size, "normalization": norm},
     )

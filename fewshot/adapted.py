@@ -132,10 +132,11 @@ class Adapted:
     def probabilities(self, images: Tensor, batch_size: int = 64) -> Tensor:
         """Softmax over the classes for uint8 images `[N, C, H, W]`, `[N, len(classes)]`."""
         self.head.eval()
+        device = next(self.head.parameters()).device
         out = []
         for start in range(0, len(images), batch_size):
-            logits = self.head(self.transform(images[start:start + batch_size]))
-            out.append(torch.softmax(logits.float(), dim=-1))
+            logits = self.head(self.transform(images[start:start + batch_size].to(device)))
+            out.append(torch.softmax(logits.float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
     def predict(self, paths: str | Path | list[str | Path], top_k: int | None = None,
