@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fewshot import __version__
-from fewshot.errors import FewShotError
+from fewshot.errors import FewShotError, UsageError
 
 app = typer.Typer(
     name="fewshot",
@@ -79,13 +79,29 @@ def data_check(
                                help="Support images per class.")] = 5,
     queries: Annotated[int, _opt("--queries", min=0, metavar="Q",
                                  help="Query images per class.")] = 15,
+    write_groups: Annotated[Path | None, typer.Option(
+        "--write-groups", metavar="FILE",
+        help="Write path,group CSV: source groups with near-duplicates merged.")] = None,
+    group_key: Annotated[str | None, typer.Option(
+        "--group-key", metavar="REGEX",
+        help="Source group of a file name for --write-groups, e.g. '^(\\d+)_'; "
+             "default: each file its own group.")] = None,
+    near_duplicates: Annotated[bool, typer.Option(
+        "--near-duplicates/--no-near-duplicates",
+        help="Search for re-encoded or shifted copies.")] = True,
+    max_shift: Annotated[int, typer.Option(
+        min=0, max=24, help="Largest shift (px at 64 px) of a near-duplicate.")] = 8,
     quiet: Quiet = False,
 ) -> None:
     """Per-class table and every problem found: unreadable files, empty or small
-    classes, byte-identical duplicates (across classes: label conflicts). Exit 1 if any."""
-    from fewshot.data.check import check_folder
+    classes, byte-identical and near-duplicate images (across classes: label
+    conflicts). Exit 1 if any."""
+    from fewshot.data.check import check_folder, write_groups_for
 
-    report = check_folder(folder, shots=shots, queries=queries)
+    if group_key is not None:
+        _check_regex(group_key)
+    report = check_folder(folder, shots=shots, queries=queries,
+                          near_duplicates=near_duplicates, max_shift=max_shift, quiet=quiet)
     if not quiet:
         table = Table(title=f"{folder}  ({len(report.classes)} classes)")
         for column in ("class", "images", "min size", "median size", "modes"):
@@ -96,12 +112,45 @@ def data_check(
         screen.print(table)
     for kind, path, reason in report.findings:
         screen.print(f"{kind}: {path}: {reason}", markup=False)
+    if write_groups is not None:
+        count = write_groups_for(report, write_groups, group_key)
+        screen.print(f"wrote {count} groups for {len(report.paths)} images to {write_groups}",
+                  markup=False)
     if report.findings:
         summary = ", ".join(f"{n} {kind}" for kind, n in sorted(report.kinds().items()))
         print(f"{len(report.findings)} problem(s): {summary}", file=sys.stderr)
         raise typer.Exit(1)
     screen.print(f"ok: {sum(s.images for s in report.classes)} images in "
               f"{len(report.classes)} classes, no problems found")
+
+
+def _check_regex(pattern: str) -> None:
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"invalid --group-key regex: {exc}", pattern,
+                         "e.g. '^(\\d+)_' for the digits before the first underscore") from None
+
+
+@data_app.command("sample")
+def data_sample(
+    folder: Annotated[Path, typer.Argument(metavar="DIR",
+                                           help="Where to write <class>/<images>.")],
+    force: Annotated[bool, typer.Option("--force",
+                                        help="Write into a non-empty DIR.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Write the shipped sample's new (novel) classes as a folder to adapt to."""
+    from fewshot.data.sample import write_sample
+
+    written = write_sample(folder, force=force)
+    if not quiet:
+        for name, count in written.items():
+            screen.print(f"{folder / name}: {count} images", markup=False)
+    screen.print(f"wrote {sum(written.values())} images in {len(written)} classes to {folder}",
+              markup=False)
 
 
 def training_config(config: Path | None, overrides: list[str] | None, resume: str | None,

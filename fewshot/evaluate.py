@@ -150,7 +150,7 @@ class Models:
 
     def split_images(self, size: int) -> tuple[Tensor, Any]:
         if size not in self.images:
-            self.images[size] = load_split_images(self.task, self.split, size, self.quiet)
+            self.images[size] = load_split_images(self.task, self.split, size, quiet=self.quiet)
         return self.images[size]
 
     def build(self, spec: str, head_name: str | None,
@@ -186,7 +186,7 @@ class Models:
     def base_mean(self, encoder: nn.Module, size: int, normalize: Normalize) -> Tensor | None:
         if not self.task.classes("base"):
             return None
-        images, data = load_split_images(self.task, "base", size, self.quiet)
+        images, data = load_split_images(self.task, "base", size, quiet=self.quiet)
         keep = torch.from_numpy(subsample(data.labels, BASE_MEAN_PER_CLASS, self.seed))
         features = embed(encoder, images[keep], normalize, self.device, quiet=self.quiet,
                          description="base mean")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -154,10 +155,27 @@ class RunDir:
                      {"class_names": json.dumps(class_names)})
 
     def save_checkpoint(self, weights: dict[str, Tensor], state: dict[str, Any]) -> None:
-        """Latest weights and training state; the state is written last so that a state file
-        always refers to weights at least as new."""
-        save_tensors(self.checkpoint_dir / "last.safetensors", weights)
-        atomic_write(self.checkpoint_dir / "state.pt", lambda tmp: torch.save(state, tmp))
+        """Latest weights and training state, committed together: both files are written
+        into `checkpoint.tmp/`, which then replaces `checkpoint/` by renames, so a kill at
+        any moment leaves one complete, consistent pair (`checkpoint/` or, mid-swap,
+        `checkpoint.old/`)."""
+        staging = self.path / "checkpoint.tmp"
+        previous = self.path / "checkpoint.old"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        save_tensors(staging / "last.safetensors", weights)
+        torch.save(state, staging / "state.pt")
+        shutil.rmtree(previous, ignore_errors=True)
+        if self.checkpoint_dir.exists():
+            os.replace(self.checkpoint_dir, previous)
+        os.replace(staging, self.checkpoint_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+
+    def _complete_checkpoint(self) -> Path | None:
+        for folder in (self.checkpoint_dir, self.path / "checkpoint.old"):
+            if (folder / "state.pt").is_file() and (folder / "last.safetensors").is_file():
+                return folder
+        return None
 
     # reading
     def read_meta(self) -> dict[str, Any]:
@@ -184,15 +202,15 @@ class RunDir:
             return names, handle.get_tensor("prototypes"), handle.get_tensor("base_mean")
 
     def has_checkpoint(self) -> bool:
-        return (self.checkpoint_dir / "state.pt").is_file()
+        return self._complete_checkpoint() is not None
 
     def load_checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        if not self.has_checkpoint():
+        folder = self._complete_checkpoint()
+        if folder is None:
             raise UsageError("no checkpoint to resume from", self.checkpoint_dir,
                              "start a new run without --resume")
-        weights = load_tensors(self.checkpoint_dir / "last.safetensors")
-        state = torch.load(self.checkpoint_dir / "state.pt", weights_only=True,
-                           map_location="cpu")
+        weights = load_tensors(folder / "last.safetensors")
+        state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
         return weights, state
 
 

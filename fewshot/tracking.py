@@ -49,11 +49,14 @@ def make_progress(quiet: bool = False) -> Progress:
 
 def track(items: Iterable[T], total: int | None, description: str,
           quiet: bool = False) -> Iterator[T]:
+    """Iterate with a progress bar on a terminal, occasional plain lines otherwise."""
     with make_progress(quiet) as progress:
         task = progress.add_task(description, total=total, status="")
-        for item in items:
+        plain = PlainProgress(description, total or 0, quiet=quiet or not progress.disable)
+        for done, item in enumerate(items, 1):
             yield item
             progress.advance(task)
+            plain.update(done)
 
 
 class PlainProgress:
@@ -65,13 +68,14 @@ class PlainProgress:
 
     def update(self, done: int, status: str = "") -> None:
         now = time.monotonic()
-        if self.quiet or (now - self.last < self.every_s and done < self.total):
+        finished = bool(self.total) and done >= self.total
+        if self.quiet or (now - self.last < self.every_s and not finished):
             return
         self.last = now
         rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else math.inf
+        eta = (self.total - done) / rate if rate > 0 and self.total else math.inf
         eta_text = f"{eta:.0f}s" if math.isfinite(eta) else "?"
-        print(f"{self.description}: {done}/{self.total} {status} eta {eta_text}",
+        print(f"{self.description}: {done}/{self.total or '?'} {status} eta {eta_text}",
               file=sys.stderr, flush=True)
 
 

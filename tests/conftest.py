@@ -8,7 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# The suite's networks are tiny: one thread is faster than two and keeps the
+# subprocesses it starts from competing for the cores.
+torch.set_num_threads(1)
 
 
 def write_image(path: Path, rng: np.random.Generator, size: int = 16, colour=None,
@@ -42,7 +47,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     """Run the real console entry point in a fresh process, as a user would."""
     import os
 
-    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    full_env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("FEWSHOT_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "fewshot", *args], capture_output=True,
                           text=True, cwd=cwd, env=full_env, timeout=timeout)

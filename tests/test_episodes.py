@@ -135,3 +135,17 @@ def test_resume_start_continues_the_stream():
     full = EpisodeSampler(LABELS, 5, 1, 2, episodes=10, seed=4)
     rest = EpisodeSampler(LABELS, 5, 1, 2, episodes=10, seed=4, start=6)
     assert list(full)[6:] == list(rest)
+
+
+def test_groups_spanning_classes_never_in_support_and_query_of_one_episode():
+    # a source image (group) holds cells of many classes, as in the Chula smears
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(6), 60)
+    groups = rng.integers(0, 40, size=len(labels))
+    sampler = EpisodeSampler(labels, 5, 3, 5, seed=2, groups=groups)
+    for i in range(300):
+        ep = sampler.episode(i)
+        assert not set(groups[ep.support]) & set(groups[ep.query])
+        assert len(ep.support) == 15 and len(ep.query) == 25
+    again = EpisodeSampler(labels, 5, 3, 5, seed=2, groups=groups).episode(7)
+    assert np.array_equal(again.query, sampler.episode(7).query)

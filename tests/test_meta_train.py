@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from conftest import make_folder, run_cli
 from fewshot.config import load_config
-from fewshot.train.meta_train import meta_train, run_episodes
+from fewshot.train.meta_train import VAL_SEED_OFFSET, meta_train
+from fewshot.train.validate import run_validation
 
 TINY = ["model.backbone_args={channels: 8}", "train.ways=2", "train.shots=2",
         "train.queries=3", "train.val_episodes=10", "train.lr=0.01", "tracking.wandb=false"]
@@ -64,9 +65,10 @@ def test_writes_run_dir_and_keeps_best_validated_model(tiny_task, tmp_path, monk
 
     model, _ = load_model(run)
     images, val = load_split_images(load_task(tiny_task), "val", quiet=True)
-    accs = run_episodes(model, images, val, Normalize(), torch.device("cpu"), 2, 2, 3, 10,
-                        seed=config.train.seed + 1_000_003)
-    assert accs.mean() == pytest.approx(best["acc"])
+    result = run_validation(model, images, val, Normalize(), torch.device("cpu"), 2, 2, 3, 10,
+                            seed=config.train.seed + VAL_SEED_OFFSET)
+    assert result.accuracy.mean() == pytest.approx(best["acc"])
+    assert result.confusion.sum() == 10 * 2 * 3
 
     lines = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert sum("train/loss" in rec for rec in lines) == 30
@@ -91,7 +93,7 @@ def _cli_train(tiny_task: Path, out: Path, *extra: str, **popen) -> subprocess.P
     args = [sys.executable, "-m", "fewshot", "meta-train", "--quiet", "--no-wandb",
             "--set", f"data.task={tiny_task}", *sum((["--set", s] for s in TINY), []),
             "--out", str(out), *extra]
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(args, cwd=out.parent, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen)
 
@@ -106,7 +108,7 @@ def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, min_episode: 
                 saved = torch.load(state, weights_only=True)
                 if saved["train"]["next_episode"] >= min_episode:
                     return
-            except (EOFError, RuntimeError):
+            except (EOFError, RuntimeError, FileNotFoundError):
                 pass
         time.sleep(0.2)
     raise AssertionError("no checkpoint appeared")
@@ -140,7 +142,7 @@ def test_sigkill_then_resume_reaches_the_same_weights(tiny_task, tmp_path):
 
 def test_ctrl_c_saves_exits_130_and_resume_finishes(tiny_task, tmp_path):
     run_dir = tmp_path / "run"
-    process = _cli_train(tiny_task, run_dir, *TRAIN, "--set", "train.episodes=400")
+    process = _cli_train(tiny_task, run_dir, *TRAIN, "--set", "train.episodes=120")
     _wait_for_checkpoint(run_dir, process, 4)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
@@ -148,14 +150,14 @@ def test_ctrl_c_saves_exits_130_and_resume_finishes(tiny_task, tmp_path):
     assert "fewshot meta-train --resume" in err and "Traceback" not in err
     state = torch.load(run_dir / "checkpoint/state.pt", weights_only=True)
     stopped_at = state["train"]["next_episode"]
-    assert 4 <= stopped_at < 400
+    assert 4 <= stopped_at < 120
     load_file(run_dir / "checkpoint/last.safetensors")
 
     done = run_cli("meta-train", "--quiet", "--resume", str(run_dir), "--set",
                    "train.patience=1000", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     meta = json.loads((run_dir / "model.json").read_text())
-    assert meta["metrics"]["episodes_trained"] == 400
+    assert meta["metrics"]["episodes_trained"] == 120
 
 
 def _wandb_records(wandb_dir: Path) -> list[dict]:
@@ -189,3 +191,41 @@ def test_no_wandb_writes_no_wandb_files(tiny_task, tmp_path, monkeypatch):
     assert not (tmp_path / "wandb").exists()
     assert np.isfinite(json.loads((run.path / "metrics.jsonl").read_text().splitlines()[0])
                        ["train/loss"])
+
+
+@pytest.mark.parametrize("head", ["protonet", "maml", "fomaml", "anil", "metasgd"])
+def test_every_head_meta_trains_and_writes_a_loadable_run(head, tiny_task, tmp_path,
+                                                          monkeypatch):
+    from fewshot.models.load import load_model
+
+    monkeypatch.chdir(tmp_path)
+    config = config_for(tiny_task, f"method.head={head}", "train.episodes=4",
+                        "train.meta_batch=2", "train.val_every=4", "train.val_episodes=3",
+                        "method.inner_steps=1")
+    run = meta_train(config, quiet=True)
+    meta = run.read_meta()
+    assert meta["head"] == head and meta["metrics"]["episodes_trained"] == 4
+    lines = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "train/loss" in r] == [2, 4]
+    model, _ = load_model(run)
+    saved = load_file(run.model_path)
+    for key, value in model.state_dict().items():
+        if key in saved:
+            assert torch.equal(value, saved[key]), key
+
+
+def test_meta_train_from_a_pretrain_run_starts_from_its_encoder(tiny_task, tmp_path,
+                                                                 monkeypatch):
+    from fewshot.train.meta_train import build_model
+    from fewshot.train.pretrain import pretrain
+
+    monkeypatch.chdir(tmp_path)
+    pre = pretrain(config_for(tiny_task, "train.epochs=1", "train.batch_size=8"), quiet=True)
+    config = config_for(tiny_task, f"model.weights={pre.path}")
+    model = build_model(config, image_size=16, ways=2)
+    pretrained = {k.removeprefix("encoder."): v for k, v in load_file(pre.model_path).items()
+                  if k.startswith("encoder.")}
+    mine = model.encoder.state_dict()
+    assert pretrained.keys() == mine.keys()
+    for key, value in pretrained.items():
+        assert torch.equal(mine[key], value), key

@@ -98,37 +98,50 @@ class EpisodeSampler:
         """Episode `index`: a pure function of `(seed, index)`."""
         rng = self.rng(index)
         classes = rng.choice(self.class_ids, size=self.ways, replace=False)
+        if self.groups is not None:
+            support, query = self._grouped(rng, classes)
+            return Episode(index, classes, np.concatenate(support), np.concatenate(query))
         support, query = [], []
         for class_id in classes.tolist():
             pool = self.by_class[class_id]
-            if self.groups is None:
-                order = pool[rng.permutation(len(pool))]
-                support.append(order[: self.shots])
-                query.append(order[self.shots : self.shots + self.queries])
-            else:
-                s, q = self._grouped(rng, pool, class_id)
-                support.append(s)
-                query.append(q)
+            order = pool[rng.permutation(len(pool))]
+            support.append(order[: self.shots])
+            query.append(order[self.shots : self.shots + self.queries])
         return Episode(index, classes, np.concatenate(support), np.concatenate(query))
 
-    def _grouped(self, rng: np.random.Generator, pool: np.ndarray,
-                 class_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Support from whole groups in random order; query only from the other groups."""
+    def _grouped(self, rng: np.random.Generator,
+                 classes: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Support of each class from whole groups in random order; the query of every
+        class only from groups that gave no support image to any class of the episode
+        (a patient or source image often holds images of several classes)."""
         assert self.groups is not None
-        pool_groups = self.groups[pool]
+        short = int(classes[0])
         for _ in range(GROUP_TRIES):
-            order = pool[rng.permutation(len(pool))]
-            group_order = {g: r for r, g in enumerate(rng.permutation(np.unique(pool_groups)))}
-            order = order[np.argsort([group_order[g] for g in self.groups[order]], kind="stable")]
-            support = order[: self.shots]
-            used = np.isin(self.groups[order], self.groups[support])
-            query = order[~used][: self.queries]
-            if len(query) == self.queries:
+            support, shuffled = [], []
+            for class_id in classes.tolist():
+                pool = self.by_class[class_id]
+                order = pool[rng.permutation(len(pool))]
+                groups = np.unique(self.groups[pool])
+                rank = dict(zip(rng.permutation(groups).tolist(), range(len(groups)),
+                                strict=True))
+                by_group = order[np.argsort([rank[g] for g in self.groups[order].tolist()],
+                                            kind="stable")]
+                support.append(by_group[: self.shots])
+                shuffled.append(order)
+            used = np.unique(self.groups[np.concatenate(support)])
+            query = []
+            for class_id, order in zip(classes.tolist(), shuffled, strict=True):
+                allowed = order[~np.isin(self.groups[order], used)][: self.queries]
+                if len(allowed) < self.queries:
+                    short = class_id
+                    break
+                query.append(allowed)
+            else:
                 return support, query
         raise DataError(
             f"cannot draw {self.shots} support and {self.queries} query images from "
             "different groups",
-            self._name(class_id), "lower --shots/--queries or check the group key",
+            self._name(short), "lower --shots/--queries or check the group key",
         )
 
     def __len__(self) -> int:

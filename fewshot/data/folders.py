@@ -7,6 +7,12 @@ Every image, whatever its file mode, becomes 3-channel 8-bit RGB by `to_rgb8`:
 - palette (P) images are expanded through their palette;
 - an alpha channel (RGBA, LA, PA) is composited over black, then dropped;
 - CMYK, YCbCr and other colour modes are converted to RGB by Pillow.
+
+DICOM files (`.dcm`, read with pydicom: `pip install 'fewshot[dicom]'`) first get their
+modality LUT (rescale slope/intercept) and their own VOI LUT or window (pydicom's
+`apply_voi_lut`), MONOCHROME1 is inverted so that bright means dense as in
+MONOCHROME2, and the result follows the rule above (8-bit as is, deeper images
+rescaled from their own min..max). Multi-frame files are refused.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from PIL import Image
 
 from fewshot.errors import DataError, UsageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
+DICOM_EXTENSIONS = frozenset({".dcm"})
 
 
 def is_hidden(name: str) -> bool:
@@ -104,10 +111,7 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}:
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else array * 0.0
-        gray = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+        gray = Image.fromarray(to_uint8(np.asarray(image)), mode="L")
         return gray.convert("RGB")
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -119,17 +123,70 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def is_dicom(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in DICOM_EXTENSIONS
+
+
+def read_dicom(path: Path) -> Image.Image:
+    """One DICOM image as RGB by the module's rule (pydicom does LUTs and windowing)."""
+    try:
+        import pydicom
+    except ImportError:
+        raise UsageError("reading DICOM files needs pydicom", path,
+                         "pip install 'fewshot[dicom]'") from None
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    try:
+        ds = pydicom.dcmread(path)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise DataError(f"multi-frame DICOM ({frames} frames)", path,
+                            "save the frame to classify as its own file")
+        pixels = ds.pixel_array
+        photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+        if int(getattr(ds, "SamplesPerPixel", 1)) == 1:
+            pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
+            if pixels.dtype == np.uint8:
+                gray = 255 - pixels if photometric == "MONOCHROME1" else pixels
+                return Image.fromarray(gray, mode="L").convert("RGB")
+            values = pixels.astype(np.float32)
+            if photometric == "MONOCHROME1":
+                values = -values
+            return to_rgb8(Image.fromarray(values, mode="F"))
+        if pixels.dtype != np.uint8:  # deeper colour: the same min..max rule
+            pixels = to_uint8(pixels)
+        return Image.fromarray(pixels, mode="RGB")
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
+        raise DataError(f"cannot read DICOM: {str(exc) or type(exc).__name__}", path,
+                        "replace or remove the file") from None
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Linear rescale from the array's own min..max to 0..255 (a constant array -> 0)."""
+    values = np.asarray(array, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0.0
+    return np.round(scaled).astype(np.uint8)
+
+
 def load_image(path: str | Path, size: int | None = None) -> Image.Image:
     """Decode fully (so truncated files fail here), convert by the rule, resize square."""
     path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            rgb = to_rgb8(image)
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise DataError(
-            f"cannot read image: {exc}", path, "replace or remove the file"
-        ) from None
+    if is_dicom(path):
+        rgb = read_dicom(path)
+    else:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                rgb = to_rgb8(image)
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+            raise DataError(
+                f"cannot read image: {exc}", path, "replace or remove the file"
+            ) from None
     if size is not None and rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
     return rgb

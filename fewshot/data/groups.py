@@ -53,3 +53,47 @@ def group_ids(paths: list[Path], keys: list[tuple[str, str | None]],
     ]
     _, ids = np.unique(np.asarray(names), return_inverse=True)
     return ids.astype(np.int64)
+
+
+def merged_groups(paths: list[Path], root: Path, key: str | None,
+                  pairs: list[tuple[int, int]]) -> list[str]:
+    """Group name per image: its source group (`key` regex, else the file itself), with
+    every group that shares a near-duplicate pair merged into one (union-find), so a
+    duplicated source cannot leak between support and query either.
+
+    A merged group is named by its source groups joined with `+`.
+    """
+    sources = [group_of(path, key, root, None) for path in paths]
+    sources = [path.relative_to(root).as_posix() if source.startswith("file:") else source
+               for path, source in zip(paths, sources, strict=True)]
+    names = sorted(set(sources))
+    index = {name: i for i, name in enumerate(names)}
+    parent = list(range(len(names)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        ra, rb = find(index[sources[a]]), find(index[sources[b]])
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[str]] = {}
+    for name in names:
+        members.setdefault(find(index[name]), []).append(name)
+    label = {root_id: "+".join(group) for root_id, group in members.items()}
+    return [label[find(index[s])] for s in sources]
+
+
+def write_group_csv(path: Path, root: Path, paths: list[Path], groups: list[str]) -> None:
+    """`path,group` rows (paths relative to `root`), the format a task's `group` reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    with temp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "group"])
+        for image, group in zip(paths, groups, strict=True):
+            writer.writerow([image.relative_to(root).as_posix(), group])
+    temp.replace(path)

@@ -1,44 +1,27 @@
-"""A split's images as one uint8 tensor `[N, C, H, W]`, the form every training loop uses."""
+"""Images as uint8 tensors `[N, C, H, W]`: a task split through the decoded cache, or an
+ad-hoc list of files (a support folder) decoded directly."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from fewshot.data.folders import load_tensor
-from fewshot.data.tasks import SplitData, Task
-from fewshot.tracking import track
+from fewshot.data.cache import (  # noqa: F401  (the public names of image loading)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalize,
+    decode_into,
+    load_split_images,
+)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-
-def decode_all(paths: list, size: int, quiet: bool = False) -> Tensor:
-    """Decode files in parallel threads (Pillow releases the GIL) into `[N, 3, size, size]`."""
+def decode_all(paths: Sequence[str | Path], size: int, quiet: bool = False) -> Tensor:
+    """Decode files in parallel (no cache: for a few images read once) into
+    `[N, 3, size, size]` uint8."""
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
-    with ThreadPoolExecutor() as pool:
-        jobs = pool.map(lambda p: load_tensor(p, size), paths)
-        for i, array in enumerate(track(jobs, len(paths), "decoding images", quiet)):
-            out[i] = array
+    decode_into(out, paths, size, None, quiet)
     return torch.from_numpy(out)
-
-
-def load_split_images(task: Task, split: str, size: int | None = None,
-                      quiet: bool = False) -> tuple[Tensor, SplitData]:
-    data = task.split(split)
-    return decode_all(data.paths, size or task.image_size, quiet), data
-
-
-class Normalize:
-    """uint8 `[..., C, H, W]` -> float, normalised per channel, on the tensor's device."""
-
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
-        self.mean = torch.tensor(mean).view(-1, 1, 1)
-        self.std = torch.tensor(std).view(-1, 1, 1)
-
-    def __call__(self, images: Tensor) -> Tensor:
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return (images.float().div_(255.0) - mean).div_(std)

@@ -141,11 +141,12 @@ class Task:
 
 
 def resolve_task_path(task: str | Path, relative_to: Path | None = None) -> Path:
-    """A task path as given, relative to a config's folder, or a task shipped by name."""
+    """A task path relative to the config file's folder, else as given, else a task
+    shipped in the package by name."""
     path = Path(task)
     candidates = [path]
     if relative_to is not None and not path.is_absolute():
-        candidates.append(relative_to / path)
+        candidates.insert(0, relative_to / path)
     if path.suffix == "":
         candidates.append(packaged(f"tasks/{task}.yaml"))
     for candidate in candidates:

@@ -17,22 +17,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fewshot.config import Config, MethodConfig
 from fewshot.data.augment import augment
 from fewshot.data.episodes import EpisodeSampler, TensorEpisodes
-from fewshot.data.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, load_split_images
+from fewshot.data.images import Normalize, load_split_images
 from fewshot.data.tasks import SplitData, Task, load_task
 from fewshot.methods import FewShotHead, build_head
+from fewshot.methods.common import class_means
 from fewshot.models import build_backbone
 from fewshot.run import RunDir, rng_state, set_rng_state
 from fewshot.tracking import PlainProgress, Tracker, console, make_progress
 from fewshot.train.device import StopFlag, pick_device
+from fewshot.train.images import embed, subsample
+from fewshot.train.validate import log_validation, run_validation
 
 PROTOTYPE_IMAGES_PER_CLASS = 1000
+VAL_SEED_OFFSET = 1_000_003
+"""Validation episodes come from their own stream, apart from the training episodes."""
 
 
 class Interrupted(Exception):
@@ -58,12 +62,10 @@ class TrainState:
                 "stopped_early": self.stopped_early, "history": self.history}
 
 
-def mean_ci(values: np.ndarray) -> tuple[float, float]:
-    """Mean and 95% CI half-width, 1.96 * std(ddof=1) / sqrt(E)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()), float("nan")
-    return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
+def cache_options(config: Config, quiet: bool) -> dict[str, Any]:
+    """Where and how the decoded image cache is built, from the `data` section."""
+    return {"directory": config.data.cache_dir, "workers": config.data.workers or None,
+            "quiet": quiet}
 
 
 def crossed(before: int, after: int, every: int) -> bool:
@@ -111,52 +113,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps: int)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-@torch.no_grad()
-def embed(encoder: nn.Module, images: Tensor, transform, device: torch.device,
-          batch_size: int = 256) -> Tensor:
-    """Features of uint8 images, in eval mode (stored batch-norm statistics)."""
-    was_training = encoder.training
-    encoder.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = transform(images[start:start + batch_size].to(device))
-        out.append(encoder(chunk).float().cpu())
-    encoder.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
-
-
-def run_episodes(head: FewShotHead, images: Tensor, data: SplitData, transform,
-                 device: torch.device, ways: int, shots: int, queries: int, episodes: int,
-                 seed: int) -> np.ndarray:
-    """Per-episode query accuracy of a head on a split (features embedded once when the
-    head only needs features)."""
-    sampler = EpisodeSampler(data.labels, min(ways, len(data.classes)), shots, queries,
-                             episodes=episodes, seed=seed, groups=data.groups,
-                             class_names=data.classes, allow_fewer_queries=True)
-    head.eval()
-    accs = np.empty(episodes)
-    if head.feature_based:
-        features = embed(head.encoder, images, transform, device)
-        encoder, head.encoder = head.encoder, nn.Identity()
-        try:
-            for i, batch in enumerate(TensorEpisodes(features.to(device), sampler)):
-                with torch.no_grad():
-                    head.process_support_set(batch.support[0], batch.support_labels[0])
-                    logits = head(batch.query[0])
-                accs[i] = (logits.argmax(-1) == batch.query_labels[0]).float().mean().item()
-        finally:
-            head.encoder = encoder
-    else:
-        for i, batch in enumerate(TensorEpisodes(images, sampler, transform=transform)):
-            batch = batch.to(device)
-            head.process_support_set(batch.support[0], batch.support_labels[0])
-            with torch.no_grad():
-                logits = head(batch.query[0])
-            accs[i] = (logits.argmax(-1) == batch.query_labels[0]).float().mean().item()
-    head.train()
-    return accs
-
-
 def meta_batch_loss(head: FewShotHead, support: Tensor, support_labels: Tensor, query: Tensor,
                     query_labels: Tensor) -> tuple[Tensor, Tensor]:
     """Mean query loss over a meta-batch; heads with a batched engine use it."""
@@ -183,7 +139,7 @@ def model_meta(config: Config, task: Task, image_size: int, head: FewShotHead,
         "backbone": config.model.backbone,
         "backbone_args": config.model.backbone_args,
         "image_size": image_size,
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "normalization": Normalize().to_dict(),
         "feature_dim": head.encoder.feature_dim,
         "head": config.method.head,
         "head_options": options,
@@ -200,15 +156,9 @@ def write_prototypes(run: RunDir, encoder: nn.Module, images: Tensor, data: Spli
                      per_class: int = PROTOTYPE_IMAGES_PER_CLASS) -> None:
     """Per-class mean features of the base classes (at most 1000 images a class, chosen
     with a fixed seed) and their overall mean, for SimpleShot and `adapt --keep-base`."""
-    rng = np.random.default_rng(0)
-    keep = np.concatenate([
-        rng.permutation(np.flatnonzero(data.labels == c))[:per_class]
-        for c in range(len(data.classes))
-    ])
-    keep.sort()
+    keep = subsample(data.labels, per_class, seed=0)
     features = embed(encoder, images[torch.from_numpy(keep)], transform, device)
-    labels = torch.from_numpy(data.labels[keep])
-    prototypes = torch.stack([features[labels == c].mean(0) for c in range(len(data.classes))])
+    prototypes = class_means(features, torch.from_numpy(data.labels[keep]), len(data.classes))
     run.save_prototypes(data.classes, prototypes, features.mean(0))
 
 
@@ -222,10 +172,11 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
     torch.manual_seed(t.seed)
     task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
     image_size = config.data.image_size or task.image_size
-    base_images, base = load_split_images(task, "base", image_size, quiet)
+    cache = cache_options(config, quiet)
+    base_images, base = load_split_images(task, "base", image_size, **cache)
     has_val = bool(task.classes("val"))
     if has_val:
-        val_images, val = load_split_images(task, "val", image_size, quiet)
+        val_images, val = load_split_images(task, "val", image_size, **cache)
     ways = t.ways
     head = build_model(config, image_size, ways).to(device)
     if device.type == "cuda":
@@ -270,9 +221,9 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
         run.save_model(head.state_dict(), model_meta(config, task, image_size, head, ways, state))
 
     def validate(episode: int) -> None:
-        accs = run_episodes(head, val_images, val, normalize, device, ways, t.shots, t.queries,
-                            t.val_episodes, seed=t.seed + 1_000_003)
-        acc, ci = mean_ci(accs)
+        result = run_validation(head, val_images, val, normalize, device, ways, t.shots,
+                                t.queries, t.val_episodes, seed=t.seed + VAL_SEED_OFFSET)
+        acc, ci = result.acc_ci
         improved = acc > state.best_acc
         state.history.append({"episode": episode, "acc": acc, "ci": ci})
         if improved:
@@ -280,8 +231,8 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
             save_best()
         else:
             state.bad_validations += 1
-        tracker.log({"val/acc": acc, "val/acc_ci95": ci, "val/best_acc": state.best_acc},
-                    step=episode)
+        log_validation(tracker, result, val_images, val, episode)
+        tracker.log({"val/best_acc": state.best_acc}, step=episode)
         if not quiet:
             console.print(f"validation at episode {episode}: {100 * acc:.2f} ± {100 * ci:.2f}%"
                           f"{' (best)' if improved else ''}")

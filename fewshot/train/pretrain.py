@@ -39,6 +39,7 @@ from fewshot.train.device import StopFlag, pick_device
 from fewshot.train.images import embed, subsample
 from fewshot.train.meta_train import (
     Interrupted,
+    cache_options,
     make_optimizer,
     make_scheduler,
     write_prototypes,
@@ -77,7 +78,7 @@ def nearest_centroid_accuracy(features: Tensor, labels: np.ndarray, groups: np.n
                               ways: int, shots: int, queries: int, episodes: int,
                               seed: int) -> tuple[float, float]:
     """Mean and 95% CI of cosine nearest-centroid accuracy over seeded episodes."""
-    from fewshot.train.meta_train import mean_ci
+    from fewshot.evaluate import mean_ci
 
     sampler = EpisodeSampler(labels, ways=min(ways, len(np.unique(labels))), shots=shots,
                              queries=queries, episodes=episodes, seed=seed, groups=groups,
@@ -129,8 +130,8 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
     torch.manual_seed(t.seed)
     task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
     image_size = config.data.image_size or task.image_size
-    images, base = load_split_images(task, "base", image_size, quiet)
-    val = load_val(task, image_size, t.seed, quiet)
+    images, base = load_split_images(task, "base", image_size, **cache_options(config, quiet))
+    val = load_val(task, image_size, t.seed, cache_options(config, quiet))
     labels = torch.from_numpy(base.labels)
 
     encoder = build_backbone(config.model.backbone, image_size=image_size,
@@ -260,12 +261,12 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
     return run
 
 
-def load_val(task: Task, image_size: int, seed: int,
-             quiet: bool) -> tuple[Tensor, np.ndarray, np.ndarray | None] | None:
+def load_val(task: Task, image_size: int, seed: int, cache: dict[str, Any]
+             ) -> tuple[Tensor, np.ndarray, np.ndarray | None] | None:
     """A seeded subset of the val split (at most VAL_PER_CLASS images a class), or None."""
     if not task.classes("val"):
         return None
-    images, data = load_split_images(task, "val", image_size, quiet)
+    images, data = load_split_images(task, "val", image_size, **cache)
     keep = subsample(data.labels, VAL_PER_CLASS, seed)
     groups = None if data.groups is None else data.groups[keep]
     return images[torch.from_numpy(keep)], data.labels[keep], groups
