@@ -156,14 +156,6 @@ def default_method(meta: dict[str, Any]) -> str:
     return str(meta["head"])
 
 
-@torch.no_grad()
-def embed(encoder: nn.Module, images: Tensor, transform, device: torch.device,
-          batch_size: int = 128) -> Tensor:
-    from fewshot.train.meta_train import embed as embed_images
-
-    return embed_images(encoder, images, transform, device, batch_size)
-
-
 def fit_head(head: nn.Module, images: Tensor, labels: Tensor, transform,
              device: torch.device, extra_features: Tensor | None = None) -> None:
     """Adapt `head` to uint8 support images; `extra_features` adds one feature vector per
@@ -172,6 +164,8 @@ def fit_head(head: nn.Module, images: Tensor, labels: Tensor, transform,
     Feature-based heads see the embedded support (encoder swapped for an identity while
     they fit), the same path evaluation uses; the others see the normalised images.
     """
+    from fewshot.train.images import embed
+
     head.eval()
     if head.feature_based:
         features = embed(head.encoder, images, transform, device).to(device)

@@ -24,20 +24,9 @@ from fewshot.methods import build_head
 from fewshot.models import build_backbone
 from fewshot.predict import predict_command
 from fewshot.run import RunDir
-from fewshot.train.meta_train import embed
+from fewshot.train.images import embed
 
 SIZE = 16
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-"""The machine is shared: two torch threads on two busy cores run these tiny models ~20x
-slower than one, so the tests use one (the results do not depend on it)."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_run(path: Path, kind: str = "meta-train", head: str = "protonet") -> RunDir:
@@ -93,7 +82,7 @@ def test_adapt_and_predict_end_to_end(tmp_path, run_dir, new_disease):
     (new_disease / "alpha" / "notes.txt").write_text("scan notes")
     out = tmp_path / "adapted"
     result = run_cli("adapt", "--shots", "4", str(new_disease), "--model", str(run_dir),
-                     "--out", str(out), "--seed", "3", env=ONE_THREAD)
+                     "--out", str(out), "--seed", "3")
     assert result.returncode == 0, result.stderr
     assert "leave-out accuracy: 100.0% (8/8 held-out images; 95% CI" in result.stdout
     assert "class 'gamma' has only 3 readable image(s)" in result.stderr
@@ -117,7 +106,7 @@ def test_adapt_and_predict_end_to_end(tmp_path, run_dir, new_disease):
     assert load_file(str(out / "adapted.safetensors"))["prototypes"].shape[0] == 3
 
     csv_run = run_cli("predict", str(out), str(new_disease / "beta"),
-                      str(new_disease / "alpha" / "img_000.png"), "--top-k", "2", env=ONE_THREAD)
+                      str(new_disease / "alpha" / "img_000.png"), "--top-k", "2")
     assert csv_run.returncode == 1  # broken.png failed; the others are still predicted
     rows = list(csv.DictReader(io.StringIO(csv_run.stdout)))
     assert list(rows[0]) == ["path", "prediction", "probability", "top1", "top1_probability",
@@ -278,7 +267,7 @@ def test_bad_inputs_one_line_errors_and_exit_codes(tmp_path, run_dir):
         (["predict", str(two), str(two)], 2, "error: not an adapted model folder"),
     ]
     for args, code, message in cases:
-        result = run_cli(*args, cwd=tmp_path, env=ONE_THREAD)
+        result = run_cli(*args, cwd=tmp_path)
         assert result.returncode == code, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(message), (args, result.stderr)
