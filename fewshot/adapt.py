@@ -282,9 +282,11 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def build_for_adapt(base: BaseModel, method: str, seed: int, base_mean: Tensor | None):
+def build_for_adapt(base: BaseModel, method: str, seed: int):
     """The base model's encoder under `method`, and the JSON-able options it was built with
-    (the trained head's options when it is the same head, plus the seed)."""
+    (the trained head's options when it is the same head, plus the seed; `load_model`
+    adds the run's base-feature mean for heads that centre on it, restored from the
+    adapted weights as a buffer)."""
     from fewshot.models.load import load_model
 
     accepts = head_accepts(method)
@@ -293,8 +295,6 @@ def build_for_adapt(base: BaseModel, method: str, seed: int, base_mean: Tensor |
     extra: dict[str, Any] = {}
     if "seed" in accepts:
         options["seed"] = extra["seed"] = seed
-    if "base_mean" in accepts and base_mean is not None:
-        extra["base_mean"] = base_mean
     head, _ = load_model(base.run, head=method, **extra)
     return head, options
 
@@ -313,9 +313,9 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     size = int(meta["image_size"])
     selection = select_support(folder, shots, seed, size, min_classes=1 if keep_base else 2)
     base_names: list[str] = []
-    base_prototypes = base_mean = None
+    base_prototypes = None
     if base.run.prototypes_path.is_file():
-        base_names, base_prototypes, base_mean = base.run.load_prototypes()
+        base_names, base_prototypes, _ = base.run.load_prototypes()
     elif keep_base:
         base.run.load_prototypes()  # raises the one-line error
     classes = list(selection.classes)
@@ -329,7 +329,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     transform = Normalize(**norm)
     dev = pick_device(device)
     torch.manual_seed(seed)
-    head, options = build_for_adapt(base, method, seed, base_mean)
+    head, options = build_for_adapt(base, method, seed)
     head.to(dev)
     labels = torch.tensor([label for _, label in selection.support])
     fit_head(head, selection.support_images, labels, transform, dev,

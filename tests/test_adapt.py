@@ -216,8 +216,11 @@ def test_reject_below_answers_unknown(run_dir, new_disease):
 
 
 def test_pretrain_run_defaults_to_simpleshot(tmp_path, new_disease):
-    run = write_run(tmp_path / "pre", kind="pretrain")
-    assert BaseModel(run.path).adapt(new_disease, shots=2).method == "simpleshot"
+    run = write_run(tmp_path / "pre", kind="pretrain", head="simpleshot")
+    adapted = BaseModel(run.path).adapt(new_disease, shots=2)
+    assert adapted.method == "simpleshot"
+    base_mean = RunDir(run.path).load_prototypes()[2]
+    assert torch.equal(adapted.head.base_mean, base_mean)  # SimpleShot centring kept
 
 
 def test_support_choice_is_seeded_per_class(tmp_path):
