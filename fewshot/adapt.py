@@ -181,10 +181,14 @@ def fit_head(head: nn.Module, images: Tensor, labels: Tensor, transform,
             head.encoder = encoder
     else:
         if extra_features is not None:
-            raise UsageError(f"--keep-base needs a feature-based method, not '{head.name}'",
-                             "--method", "use --method protonet or simpleshot with --keep-base")
+            raise keep_base_error(head.name)
         head.process_support_set(transform(images.to(device)), labels.to(device))
     head.eval()
+
+
+def keep_base_error(method: str) -> UsageError:
+    return UsageError(f"--keep-base needs a feature-based method, not '{method}'", "--method",
+                      "use --method protonet, simpleshot or linear-probe with --keep-base")
 
 
 # ---------------------------------------------------------------- leave-out scores
@@ -239,9 +243,8 @@ def leave_out_metrics(true: np.ndarray, pred: np.ndarray, classes: list[str],
 
 def quickstart_run(quiet: bool = False) -> RunDir:
     """`runs/latest`, else the quickstart model, trained first (with a message)."""
-    latest = RUNS / "latest"
-    if (latest / "model.json").is_file():
-        return RunDir(latest.resolve())
+    if (RUNS / "latest").exists():
+        return resolve_run(None)
     from fewshot.config import load_config
     from fewshot.train.meta_train import meta_train
 
@@ -310,6 +313,10 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     meta = base.meta
     method = method or default_method(meta)
     head_accepts(method)  # unknown method: exit 2 before reading any image
+    from fewshot.methods.base import HEADS
+
+    if keep_base and not HEADS[method].feature_based:
+        raise keep_base_error(method)
     size = int(meta["image_size"])
     selection = select_support(folder, shots, seed, size, min_classes=1 if keep_base else 2)
     base_names: list[str] = []
