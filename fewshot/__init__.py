@@ -1,10 +1,39 @@
-"""fewshot: few-shot and meta-transfer learning for medical images."""
+"""fewshot: few-shot and meta-transfer learning for medical images.
+
+    model = fewshot.load("runs/latest")              # a trained run directory
+    adapted = model.adapt("new_disease/", shots=5)   # new classes from a few images each
+    adapted.predict(["image.png", "folder/"])        # one record per image
+
+Heavy modules (torch, the models) are imported on first use, so `import fewshot` is light.
+"""
+
+from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 try:
     __version__ = version("fewshot")
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from fewshot.adapt import BaseModel
+    from fewshot.adapted import Adapted
+
+__all__ = ["__version__", "load"]
+
+
+def load(path: str | Path | None = None) -> BaseModel | Adapted:
+    """A run directory (to adapt) or an adapted model folder (to predict with).
+
+    No path: `runs/latest`, else the quickstart model, trained first if absent.
+    """
+    if path is not None and (Path(path) / "adapted.json").is_file():
+        from fewshot.adapted import Adapted
+
+        return Adapted.load(path)
+    from fewshot.adapt import BaseModel
+
+    return BaseModel(path)

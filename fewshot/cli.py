@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -279,6 +280,65 @@ def evaluate_cmd(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+@app.command("adapt")
+def adapt_cmd(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="Folder laid out as "
+                                           "<class>/<images>: the new classes.")],
+    shots: Annotated[int, typer.Option("--shots", min=1, help="Support images per class "
+                                       "(at most); the rest are held out and scored.")],
+    model: Annotated[Path | None, typer.Option("--model", help="Run directory (default "
+                                               "runs/latest, else the quickstart model).")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="Head to adapt with "
+                                               "(default: the model's own).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Adapted model folder "
+                                             "(default adapted/<DIR name>).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the support choice.")] = 0,
+    keep_base: Annotated[bool, typer.Option("--keep-base", help="Also answer the model's "
+                                            "base classes (then one new class is enough).")
+                         ] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "cpu",
+    quiet: Quiet = False,
+) -> None:
+    """Adapt a trained model to the classes of DIR from at most --shots images each, score
+    every other image (leave-out accuracy with a 95% CI) and write the adapted model."""
+    from fewshot.adapt import adapt_command
+
+    adapt_command(folder, shots, model=model, method=method, out=out, seed=seed,
+                  keep_base=keep_base, device=device, quiet=quiet)
+
+
+class OutputFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
+@app.command("predict")
+def predict_cmd(
+    adapted: Annotated[Path, typer.Argument(metavar="ADAPTED_DIR",
+                                            help="Folder written by fewshot adapt.")],
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH...",
+                                                help="Image files or folders (recursive).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")
+                   ] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="csv or json.")
+                   ] = OutputFormat.csv,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Add the K most "
+                                              "probable classes as columns.")] = None,
+    reject_below: Annotated[float | None, typer.Option(
+        "--reject-below", min=0.0, max=1.0, metavar="P",
+        help="Answer 'unknown' when the top probability is below P.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Predict image files with an adapted model. A file that cannot be read gets an error
+    row and the others are still predicted; the exit code is then 1."""
+    from fewshot.predict import predict_command
+
+    failed = predict_command(adapted, paths, out=out, fmt=fmt.value, top_k=top_k,
+                             reject_below=reject_below, quiet=quiet)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _click_error(exc: BaseException) -> int | None:

@@ -1,0 +1,258 @@
+"""An adapted model: its directory on disk, and prediction on image files.
+
+    <dir>/adapted.safetensors   every tensor needed to predict: encoder and head state,
+                                including what the head computed from the support set
+                                (prototypes, centroids, linear weights, fine-tuned layers)
+    <dir>/adapted.json          classes, preprocessing, method, base model hash, support
+                                files with content hashes, seed, versions, metrics
+    <dir>/MODEL_CARD.md         intended use, data, metrics with CI, limitations
+
+The directory is self-contained: predicting needs neither the base run nor the support
+images. adapted.json is written last, so its presence marks a complete directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fewshot import __version__
+from fewshot.errors import DataError, UsageError
+
+FORMAT_VERSION = 1
+WEIGHTS, META, CARD = "adapted.safetensors", "adapted.json", "MODEL_CARD.md"
+
+
+TASK_STATE = "task."
+"""Prefix of the MAML family's per-task state: `_fast` (adapted weights by name),
+`_support` (the normalised support images, whose batch statistics normalise the query
+when the encoder has no stored ones) and `_episode_ways`, plain attributes of
+`fewshot.methods.gbml.GradientMetaHead` after `process_support_set`."""
+
+
+def head_tensors(head: nn.Module) -> dict[str, Tensor]:
+    """All parameters and buffers, the non-persistent ones too (heads keep what they
+    computed from the support set, prototypes and centroids, in non-persistent buffers),
+    and the MAML family's per-task state."""
+    out = {name: p.detach() for name, p in head.named_parameters()}
+    out.update({name: b.detach() for name, b in head.named_buffers()})
+    fast = getattr(head, "_fast", None)
+    if isinstance(fast, dict):
+        out.update({f"{TASK_STATE}fast.{k}": v.detach() for k, v in fast.items()})
+        out[f"{TASK_STATE}support"] = head._support.detach()
+        out[f"{TASK_STATE}ways"] = torch.tensor(int(head._episode_ways))
+    return out
+
+
+def restore_task_state(head: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Set the MAML family's per-task state; returns the other tensors."""
+    task = {k.removeprefix(TASK_STATE): v for k, v in tensors.items()
+            if k.startswith(TASK_STATE)}
+    if task:
+        head._fast = {k.removeprefix("fast."): v for k, v in task.items()
+                      if k.startswith("fast.")}
+        head._support = task["support"]
+        head._episode_ways = int(task["ways"])
+    return {k: v for k, v in tensors.items() if not k.startswith(TASK_STATE)}
+
+
+def restore_tensors(head: nn.Module, tensors: dict[str, Tensor], where: Path) -> None:
+    """Put `head_tensors` output back into a freshly built head of the same method.
+
+    A layer the head creates while adapting (a linear classifier, `None` until then) is
+    created here from the shapes of its `weight` and `bias`.
+    """
+    tensors = restore_task_state(head, tensors)
+    prefixes = sorted({key.rsplit(".", 1)[0] for key in tensors if "." in key})
+    for prefix in prefixes:
+        parent_path, _, name = prefix.rpartition(".")
+        try:
+            parent = head.get_submodule(parent_path)
+        except AttributeError:
+            continue
+        if name in parent.__dict__ and parent.__dict__[name] is None:
+            weight, bias = tensors.get(f"{prefix}.weight"), tensors.get(f"{prefix}.bias")
+            if weight is None or weight.dim() != 2:
+                raise DataError(f"adapted weights have an unknown layer '{prefix}'", where,
+                                "re-run fewshot adapt with this fewshot version")
+            setattr(parent, name, nn.Linear(weight.shape[1], weight.shape[0],
+                                            bias=bias is not None))
+    for key, value in tensors.items():
+        module_path, _, attr = key.rpartition(".")
+        try:
+            module = head.get_submodule(module_path)
+        except AttributeError:
+            module = None
+        if module is not None and attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(value, requires_grad=False)
+        elif module is not None and attr in module._buffers:
+            module._buffers[attr] = value
+        else:
+            raise DataError(f"adapted weights do not fit the method (unexpected '{key}')",
+                            where, "re-run fewshot adapt with this fewshot version")
+    missing = sorted({k for k in head_tensors(head) if not k.startswith(TASK_STATE)}
+                     - set(tensors))
+    if missing:
+        raise DataError(f"adapted weights lack '{missing[0]}'", where,
+                        "the file is incomplete; re-run fewshot adapt")
+
+
+class Adapted:
+    """A model adapted to new classes: `predict(paths)`, `save(dir)`, `Adapted.load(dir)`."""
+
+    def __init__(self, head: nn.Module, classes: list[str], method: str,
+                 head_options: dict[str, Any], info: dict[str, Any],
+                 provenance: dict[str, Any] | None = None,
+                 metrics: dict[str, Any] | None = None) -> None:
+        from fewshot.data.images import Normalize
+
+        self.head = head.eval()
+        self.classes = list(classes)
+        self.method = method
+        self.head_options = head_options
+        self.info = info
+        self.provenance = provenance or {}
+        self.metrics = metrics or {}
+        self.transform = Normalize(**info["normalization"])
+
+    def __repr__(self) -> str:
+        return f"Adapted(method={self.method!r}, classes={self.classes!r})"
+
+    @property
+    def image_size(self) -> int:
+        return int(self.info["image_size"])
+
+    # ------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def probabilities(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        """Softmax over the classes for uint8 images `[N, C, H, W]`, `[N, len(classes)]`."""
+        self.head.eval()
+        device = next(self.head.parameters()).device
+        out = []
+        for start in range(0, len(images), batch_size):
+            logits = self.head(self.transform(images[start:start + batch_size].to(device)))
+            out.append(torch.softmax(logits.float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+    def predict(self, paths: str | Path | list[str | Path], top_k: int | None = None,
+                reject_below: float | None = None, batch_size: int = 64,
+                quiet: bool = True) -> list[dict[str, Any]]:
+        """One record per image file (folders are read recursively): `path`, `prediction`,
+        `probability`, `probabilities` per class, `top_k`, and `error` (None when read).
+
+        `reject_below`: the prediction is `unknown` when the top probability is lower.
+        """
+        from fewshot.adapt import load_many
+        from fewshot.predict import expand_paths
+
+        files = expand_paths([paths] if isinstance(paths, str | Path) else paths, quiet)
+        records: list[dict[str, Any]] = []
+        k = min(top_k or 0, len(self.classes))
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            results = load_many(chunk, self.image_size)
+            good = [i for i, r in enumerate(results) if not isinstance(r, str)]
+            probs = (self.probabilities(torch.from_numpy(np.stack([results[i] for i in good])))
+                     if good else None)
+            row_of = {i: row for row, i in enumerate(good)}
+            for i, path in enumerate(chunk):
+                if i not in row_of:
+                    records.append({"path": str(path), "prediction": None, "probability": None,
+                                    "probabilities": {}, "top_k": [], "error": results[i]})
+                    continue
+                assert probs is not None
+                p = probs[row_of[i]]
+                order = torch.argsort(p, descending=True, stable=True).tolist()
+                best = float(p[order[0]])
+                rejected = reject_below is not None and best < reject_below
+                records.append({
+                    "path": str(path),
+                    "prediction": "unknown" if rejected else self.classes[order[0]],
+                    "probability": best,
+                    "probabilities": {c: float(v) for c, v in zip(self.classes, p.tolist(),
+                                                                   strict=True)},
+                    "top_k": [(self.classes[j], float(p[j])) for j in order[:k]],
+                    "error": None,
+                })
+        return records
+
+    # ------------------------------------------------------------ saving and loading
+    def document(self) -> dict[str, Any]:
+        """The content of adapted.json."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "fewshot_version": __version__,
+            "kind": "adapted",
+            "method": self.method,
+            "head_options": self.head_options,
+            "classes": self.classes,
+            "backbone": self.info["backbone"],
+            "backbone_args": self.info.get("backbone_args", {}),
+            "preprocessing": {
+                "image_size": self.image_size,
+                "resize": "bilinear, to a square of image_size",
+                "colour": "3-channel 8-bit RGB by fewshot.data.folders.to_rgb8",
+                "normalization": self.info["normalization"],
+            },
+            **self.provenance,
+            "metrics": self.metrics,
+        }
+
+    def save(self, out: str | Path) -> Path:
+        """Write the adapted directory (atomic files; adapted.json last)."""
+        from fewshot.model_card import render_card
+        from fewshot.run import atomic_write, save_tensors
+
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise UsageError("output path is a file", out, "pass a folder to --out")
+        if out.is_dir() and any(out.iterdir()) and not (out / META).is_file():
+            raise UsageError("output folder exists and is not an adapted model", out,
+                             "choose another --out, or empty the folder")
+        doc = self.document()
+        # One metadata key: safetensors writes a metadata map in no fixed order, and the
+        # same inputs must give byte-identical weights.
+        save_tensors(out / WEIGHTS, head_tensors(self.head), {"format": "fewshot-adapted"})
+        card = render_card(doc)
+        atomic_write(out / CARD, lambda tmp: tmp.write_text(card, encoding="utf-8"))
+        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+        atomic_write(out / META, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> Adapted:
+        from fewshot.methods import build_head
+        from fewshot.models import build_backbone
+        from fewshot.run import load_tensors
+
+        path = Path(path)
+        if not path.is_dir():
+            raise UsageError("adapted model folder not found", path,
+                             "pass the folder written by fewshot adapt")
+        if not (path / META).is_file():
+            raise UsageError("not an adapted model folder (no adapted.json)", path,
+                             "pass the folder written by fewshot adapt")
+        try:
+            doc = json.loads((path / META).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"adapted.json is not valid JSON: {exc}", path / META,
+                            "re-run fewshot adapt") from None
+        if doc.get("format_version", 0) > FORMAT_VERSION:
+            raise UsageError("adapted model written by a newer fewshot", path, "upgrade fewshot")
+        prep = doc["preprocessing"]
+        encoder = build_backbone(doc["backbone"], image_size=prep["image_size"],
+                                 **doc.get("backbone_args", {}))
+        head = build_head(doc["method"], encoder, **doc.get("head_options", {}))
+        restore_tensors(head, load_tensors(path / WEIGHTS), path / WEIGHTS)
+        info = {"backbone": doc["backbone"], "backbone_args": doc.get("backbone_args", {}),
+                "image_size": prep["image_size"], "normalization": prep["normalization"]}
+        provenance = {k: v for k, v in doc.items() if k not in {
+            "format_version", "fewshot_version", "kind", "method", "head_options", "classes",
+            "backbone", "backbone_args", "preprocessing", "metrics"}}
+        return cls(head, doc["classes"], doc["method"], doc.get("head_options", {}), info,
+                   provenance, doc.get("metrics", {}))

@@ -1,0 +1,112 @@
+"""MODEL_CARD.md of an adapted model, rendered from its adapted.json content."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def metrics_section(metrics: dict[str, Any]) -> list[str]:
+    if not metrics.get("heldout"):
+        note = metrics.get("note", "no held-out images")
+        return [f"No leave-out estimate: {note}."]
+    low, high = metrics["ci95"]
+    lines = [
+        f"- Leave-out accuracy: **{percent(metrics['accuracy'])}** "
+        f"({metrics['correct']} of {metrics['heldout']} held-out images; 95% CI "
+        f"{percent(low)} to {percent(high)}, {metrics['ci_method']}).",
+        "",
+        "| class | held-out images | correct | sensitivity |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, stat in metrics.get("per_class", {}).items():
+        lines.append(f"| {name} | {stat['heldout']} | {stat['correct']} | "
+                     f"{percent(stat['sensitivity'])} |")
+    confusion = metrics.get("confusion")
+    if confusion:
+        lines += ["", "Confusion matrix (rows: true class, columns: predicted class):", "",
+                  "| true \\ predicted | " + " | ".join(confusion["columns"]) + " |",
+                  "|---|" + "---:|" * len(confusion["columns"])]
+        for name, row in zip(confusion["rows"], confusion["matrix"], strict=True):
+            lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+def render_card(doc: dict[str, Any]) -> str:
+    base = doc.get("base_model", {})
+    support = Counter(item["class"] for item in doc.get("support", []))
+    heldout = {name: stat["heldout"]
+               for name, stat in doc.get("metrics", {}).get("per_class", {}).items()}
+    new_classes = doc.get("new_classes", doc["classes"])
+    skipped = doc.get("skipped", [])
+    lines = [
+        f"# Model card: {', '.join(new_classes)}",
+        "",
+        f"Adapted with fewshot {doc['fewshot_version']} by `{doc['method']}` from "
+        f"{doc.get('shots', '?')} images per class at most (seed {doc.get('seed', '?')}).",
+        "",
+        "## Intended use",
+        "",
+        "Research only: exploring whether a few examples separate these classes. It is "
+        "**not a medical device** and must not be used for diagnosis, triage or any "
+        "decision about a patient. Its output is a probability over the classes below, "
+        "never a finding.",
+        "",
+        "## Model",
+        "",
+        f"- Base model: `{base.get('path')}` (sha256 `{base.get('sha256')}`), trained on "
+        f"task `{base.get('task')}` with head `{base.get('head')}`.",
+        f"- Encoder `{doc['backbone']}`; method `{doc['method']}`.",
+        f"- Classes: {', '.join(doc['classes'])}.",
+    ]
+    if doc.get("keep_base"):
+        lines.append(f"- The base classes ({len(doc.get('base_classes', []))}) are answered "
+                     "from the base model's stored class prototypes.")
+    prep = doc["preprocessing"]
+    lines += [
+        f"- Input: {prep['colour']}; {prep['resize']} ({prep['image_size']} px); "
+        f"normalised with mean {prep['normalization']['mean']} and std "
+        f"{prep['normalization']['std']}.",
+        "",
+        "## Data",
+        "",
+        f"Support images from `{doc.get('data', {}).get('folder')}`; every other readable "
+        "image of the folder was held out and scored. File names and sha256 hashes of the "
+        "support images are in adapted.json.",
+        "",
+        "| class | support images | held-out images scored |",
+        "|---|---:|---:|",
+    ]
+    for name in new_classes:
+        lines.append(f"| {name} | {support.get(name, 0)} | {heldout.get(name, 0)} |")
+    if skipped:
+        lines += ["", f"{len(skipped)} file(s) could not be read and were skipped "
+                  "(listed in adapted.json)."]
+    lines += ["", "## Metrics", ""] + metrics_section(doc.get("metrics", {}))
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        "- A few support images describe a class poorly; the interval above is wide for "
+        "that reason and is itself uncertain.",
+        "- Held-out images come from the same folder as the support images (same "
+        "source, likely the same patients, scanner and staining), so the leave-out "
+        "accuracy is optimistic for images from elsewhere. The interval treats images "
+        "as independent, which images of one patient are not.",
+        "- Probabilities are the softmax of the method's scores, not calibrated; a "
+        "`--reject-below` threshold has not been validated on images of other classes.",
+        "- The model knows only the classes listed; an image of any other kind still gets "
+        "one of them unless it is rejected.",
+        "",
+        "## Reproduce",
+        "",
+        f"    fewshot adapt --shots {doc.get('shots')} {doc.get('data', {}).get('folder')} "
+        f"--model {base.get('path')} --method {doc['method']} --seed {doc.get('seed')}"
+        + (" --keep-base" if doc.get("keep_base") else ""),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""`fewshot predict`: which files to read, and predictions as CSV or JSON rows.
+
+Both formats carry the same columns: `path`, `prediction`, `probability`, then
+`top1`, `top1_probability`, ... with `--top-k`, one `p_<class>` column per class, and
+`error` (empty unless the file could not be read).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fewshot.errors import UsageError
+
+
+def expand_paths(paths: list[str | Path], quiet: bool = True) -> list[Path]:
+    """Files as given; folders read recursively for image files (sorted, hidden files
+    left out). A path that does not exist stops the command (exit 2) before any work."""
+    from fewshot.data.folders import list_class_files
+
+    files: list[Path] = []
+    ignored = 0
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            images, others = list_class_files(path)
+            files.extend(images)
+            ignored += len(others)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise UsageError("path not found", path, "pass image files or folders of images")
+    if ignored and not quiet:
+        print(f"note: {ignored} file(s) in the folders given are not images by extension "
+              "and were not read", file=sys.stderr)
+    return files
+
+
+def flat_rows(records: list[dict[str, Any]], classes: list[str], top_k: int
+              ) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column names and one flat row per record (the CSV and JSON layout)."""
+    k = min(top_k, len(classes))
+    columns = ["path", "prediction", "probability"]
+    for i in range(1, k + 1):
+        columns += [f"top{i}", f"top{i}_probability"]
+    columns += [f"p_{name}" for name in classes] + ["error"]
+    rows = []
+    for record in records:
+        row: dict[str, Any] = {"path": record["path"], "prediction": record["prediction"],
+                               "probability": record["probability"]}
+        for i in range(1, k + 1):
+            pair = record["top_k"][i - 1] if len(record["top_k"]) >= i else (None, None)
+            row[f"top{i}"], row[f"top{i}_probability"] = pair
+        for name in classes:
+            row[f"p_{name}"] = record["probabilities"].get(name)
+        row["error"] = record["error"]
+        rows.append(row)
+    return columns, rows
+
+
+def render(records: list[dict[str, Any]], classes: list[str], fmt: str, top_k: int) -> str:
+    columns, rows = flat_rows(records, classes, top_k)
+    if fmt == "json":
+        return json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if value is None else
+                         (f"{value:.6f}" if isinstance(value, float) else value)
+                         for key, value in row.items()})
+    return buffer.getvalue()
+
+
+def predict_command(adapted_dir: Path, paths: list[Path], out: Path | None, fmt: str,
+                    top_k: int | None, reject_below: float | None, quiet: bool) -> int:
+    """`fewshot predict`: write the rows; returns how many files could not be read."""
+    from fewshot.adapted import Adapted
+    from fewshot.run import atomic_write
+
+    model = Adapted.load(adapted_dir)
+    if reject_below is not None and "unknown" in model.classes:
+        raise UsageError("a class is named 'unknown', the answer of --reject-below",
+                         adapted_dir, "rename that class folder and adapt again")
+    records = model.predict(paths, top_k=top_k, reject_below=reject_below, quiet=quiet)
+    text = render(records, model.classes, fmt, top_k or 0)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    failed = [r for r in records if r["error"] is not None]
+    for record in failed:
+        print(f"error: {record['error']} ({record['path']})", file=sys.stderr)
+    if not quiet or failed:
+        print(f"{len(records) - len(failed)} predicted, {len(failed)} failed"
+              + (f"; written to {out}" if out is not None else ""), file=sys.stderr)
+    return len(failed)
