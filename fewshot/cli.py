@@ -156,9 +156,13 @@ def data_sample(
 def training_config(config: Path | None, overrides: list[str] | None, resume: str | None,
                     device: str | None, seed: int | None, project: str | None = None,
                     entity: str | None = None, run_name: str | None = None):
-    """The resolved config of a training command, and the run being resumed, if any."""
+    """The resolved config of a training command, and the run being resumed, if any.
+    Training commands also keep freed memory in the process (fewshot.runtime)."""
     from fewshot.config import load_config
     from fewshot.run import resolve_run
+    from fewshot.runtime import keep_freed_memory
+
+    keep_freed_memory()
 
     run = resolve_run(resume) if resume is not None else None
     if run is not None and config is None:

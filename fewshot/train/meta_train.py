@@ -144,7 +144,7 @@ def model_meta(config: Config, task: Task, image_size: int, head: FewShotHead,
         "head": config.method.head,
         "head_options": options,
         "classes": {split: task.classes(split) for split in ("base", "val", "novel")},
-        "metrics": {"val/acc": state.best_acc if state.best_episode >= 0 else None,
+        "metrics": {"val/acc": state.best_acc if math.isfinite(state.best_acc) else None,
                     "best_episode": state.best_episode,
                     "episodes_trained": state.next_episode,
                     "stopped_early": state.stopped_early},
@@ -171,6 +171,9 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
     device = pick_device(t.device)
     torch.manual_seed(t.seed)
     task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
+    config.data.task = str(task.source.resolve())  # config.yaml must resolve from anywhere
+    if config.model.weights and Path(config.model.weights).exists():
+        config.model.weights = str(Path(config.model.weights).resolve())
     image_size = config.data.image_size or task.image_size
     cache = cache_options(config, quiet)
     base_images, base = load_split_images(task, "base", image_size, **cache)
@@ -303,7 +306,8 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
     head.load_state_dict(run.load_weights())  # the best model describes the run
     write_prototypes(run, head.encoder, base_images, base, normalize, device)
     run.write_meta(model_meta(config, task, image_size, head, ways, state))
-    tracker.summary({"val/best_acc": state.best_acc, "best_episode": state.best_episode})
+    tracker.summary({"val/best_acc": state.best_acc if has_val else None,
+                     "best_episode": state.best_episode})
     if log_model:
         tracker.log_artifact(run.path, name=f"model-{run.path.name}")
     tracker.finish()
