@@ -49,7 +49,7 @@ def grey(images: Tensor) -> Tensor:
     return torch.einsum("bchw,c->bhw", x, torch.tensor(LUMA, dtype=x.dtype))
 
 
-def descriptors(images: Tensor, frequencies: int = 12, chunk: int = 4096) -> Tensor:
+def descriptors(images: Tensor, frequencies: int = 12, chunk: int = 1024) -> Tensor:
     """Shift-tolerant descriptor per image, centred and L2-normalised `[N, D]`."""
     size = images.shape[-1]
     window = torch.hann_window(size, periodic=False)
@@ -178,7 +178,9 @@ def confirm(images: Tensor, pairs: np.ndarray, max_shift: int, threshold: float,
     threshold, as half-pixel shifts and averaging blur the match); the few that pass
     are scored exactly at full resolution.
     """
-    coarse = ShiftIndex(F.avg_pool2d(grey(images)[:, None], 2)[:, 0], -(-max_shift // 2))
+    half = torch.cat([F.avg_pool2d(grey(images[start:start + 1024])[:, None], 2)[:, 0]
+                      for start in range(0, len(images), 1024)])  # in chunks: bounded memory
+    coarse = ShiftIndex(half, -(-max_shift // 2))
     found: list[NearDuplicate] = []
     for start in range(0, len(pairs), chunk):
         block = torch.from_numpy(pairs[start:start + chunk])
