@@ -86,3 +86,9 @@ def test_shipped_tasks_are_valid_on_shared_data():
     for name in ("blood-rare-rbc", "wbc-to-rbc"):
         task = load_task(root / f"{name}.yaml", data_root=data)
         assert len(task.classes("novel")) == 5 and task.image_size == 64
+
+
+def test_shipped_quickstart_task_ignores_data_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEWSHOT_DATA", str(tmp_path / "elsewhere"))
+    task = load_task("quickstart", data_root=tmp_path / "elsewhere")
+    assert len(task.split("base")) > 0 and task.classes("val") == []

@@ -185,7 +185,9 @@ def load_task(task: str | Path, data_root: str | Path | None = None,
                     f"{source}: {name}", f"datasets are {sorted(spec.datasets)}",
                 )
 
-    root = data_root or os.environ.get("FEWSHOT_DATA")
+    shipped = source.resolve().is_relative_to(packaged("tasks").resolve())
+    # a task shipped in the package names its own sample: no data root applies to it
+    root = None if shipped else (data_root or os.environ.get("FEWSHOT_DATA"))
     if root is None:
         root = (source.parent / spec.data_root) if spec.data_root else source.parent
     roots = {name: Path(root) / ds.path for name, ds in spec.datasets.items()}
