@@ -360,7 +360,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
 
 def adapt_command(folder: Path, shots: int, model: Path | None, method: str | None,
                   out: Path | None, seed: int, keep_base: bool, device: str,
-                  quiet: bool) -> Path:
+                  quiet: bool, use_wandb: bool = True) -> Path:
     """`fewshot adapt`: adapt, write the adapted folder, print what was measured."""
     from fewshot.tracking import console
 
@@ -387,9 +387,33 @@ def adapt_command(folder: Path, shots: int, model: Path | None, method: str | No
     else:
         print(f"leave-out accuracy: n/a ({m.get('note')})")
     print(f"adapted model written to {target}")
+    if use_wandb:
+        log_adapt(adapted, target, quiet)
     if not quiet:
         console.print(f"next: fewshot predict {target} IMAGES...")
     return target
+
+
+def log_adapt(adapted, target: Path, quiet: bool) -> None:
+    """An `adapt` run in W&B (job_type `adapt`): leave-out accuracy, per-class
+    sensitivity and the confusion matrix as tables."""
+    from fewshot.tracking import Tracker
+
+    m = adapted.metrics
+    config = {"method": adapted.method, "classes": adapted.classes, "adapted_dir": str(target)}
+    with Tracker(None, job_type="adapt", config=config, quiet=quiet) as tracker:
+        if m.get("heldout"):
+            tracker.log({"adapt/accuracy": m["accuracy"], "adapt/ci95_low": m["ci95"][0],
+                         "adapt/ci95_high": m["ci95"][1], "adapt/heldout": m["heldout"]},
+                        step=0)
+            tracker.log_table("adapt/sensitivity", ["class", "heldout", "sensitivity"],
+                              [[k, v["heldout"], v["sensitivity"]]
+                               for k, v in m["per_class"].items()], step=0)
+        if m.get("confusion"):
+            c = m["confusion"]
+            tracker.log_table("adapt/confusion", ["true", *c["columns"]],
+                              [[r, *row] for r, row in zip(c["rows"], c["matrix"], strict=True)],
+                              step=0)
 
 
 def confusion_table(confusion: dict[str, Any]):

@@ -265,13 +265,14 @@ def evaluate_cmd(
         "most N images per class (bounded CPU runs).")] = None,
     json_out: Annotated[Path | None, _opt("--json", metavar="FILE", help="Write every number, "
                                           "per-episode accuracies included, as JSON.")] = None,
-    data_root: DataRootOpt = None, device: DeviceOpt = None, quiet: Quiet = False,
+    data_root: DataRootOpt = None, device: DeviceOpt = None, wandb: WandbOpt = None,
+    quiet: Quiet = False,
 ) -> None:
     """Score models and heads on the same seeded episodes of a split: accuracy ± 95% CI,
     macro-F1, balanced accuracy, AUROC, per-class sensitivity, paired differences."""
     import json
 
-    from fewshot.evaluate import evaluate, results_table, sensitivity_table
+    from fewshot.evaluate import evaluate, log_results, results_table, sensitivity_table
 
     result = evaluate(model, head or [], task, split=split, ways=ways, shots=shots,
                       queries=queries, episodes=episodes, seed=seed, data_root=data_root,
@@ -281,6 +282,7 @@ def evaluate_cmd(
     wide.print(results_table(result))
     if not quiet:
         wide.print(sensitivity_table(result))
+    log_results(result, use_wandb=wandb is not False, quiet=quiet)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -303,6 +305,7 @@ def adapt_cmd(
                                             "base classes (then one new class is enough).")
                          ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "cpu",
+    wandb: WandbOpt = None,
     quiet: Quiet = False,
 ) -> None:
     """Adapt a trained model to the classes of DIR from at most --shots images each, score
@@ -310,7 +313,8 @@ def adapt_cmd(
     from fewshot.adapt import adapt_command
 
     adapt_command(folder, shots, model=model, method=method, out=out, seed=seed,
-                  keep_base=keep_base, device=device, quiet=quiet)
+                  keep_base=keep_base, device=device, quiet=quiet,
+                  use_wandb=wandb is not False)
 
 
 class OutputFormat(StrEnum):

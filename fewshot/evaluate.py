@@ -362,3 +362,31 @@ def sensitivity_table(result: dict[str, Any]):
         table.add_row(name, *[f"{100 * r['per_class_sensitivity'].get(name, float('nan')):.1f}"
                               for r in result["results"]])
     return table
+
+
+def log_results(result: dict[str, Any], use_wandb: bool, quiet: bool) -> None:
+    """An `evaluate` run in W&B (job_type `evaluate`): the results and paired differences
+    as tables, per-episode accuracy of the reference pair as history under `test/`."""
+    from fewshot.tracking import Tracker
+
+    if not use_wandb:
+        return
+    config = {k: v for k, v in result.items() if k not in ("results", "paired")}
+    with Tracker(None, job_type="evaluate", config=config, quiet=quiet) as tracker:
+        columns = ["model", "head", "episodes", "accuracy", "accuracy_ci95", "macro_f1",
+                   "balanced_accuracy", "auroc"]
+        rows = [[r["model"], r["head"], r["episodes"], r["accuracy"]["mean"],
+                 r["accuracy"]["ci95"], r["macro_f1"]["mean"],
+                 r["balanced_accuracy"]["mean"], r["auroc"]["mean"]] for r in result["results"]]
+        tracker.log_table("test/results", columns, rows, step=0)
+        tracker.log_table("test/paired", ["reference", "other", "episodes", "difference",
+                                          "difference_ci95"],
+                          [[p["reference"], p["other"], p["episodes"],
+                            p["accuracy_difference"]["mean"], p["accuracy_difference"]["ci95"]]
+                           for p in result["paired"]], step=0)
+        for r in result["results"]:
+            tracker.log_table(f"test/sensitivity/{r['model']}+{r['head']}",
+                              ["class", "sensitivity"],
+                              [[k, v] for k, v in r["per_class_sensitivity"].items()], step=0)
+        tracker.summary({f"test/{r['model']}+{r['head']}/accuracy": r["accuracy"]["mean"]
+                         for r in result["results"]})
