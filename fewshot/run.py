@@ -214,6 +214,18 @@ class RunDir:
         return weights, state
 
 
+def restore_training(run: RunDir, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: Any) -> dict[str, Any]:
+    """Load a run's checkpoint into the model, optimiser, scheduler and RNGs; returns the
+    saved state for the loop's own fields."""
+    weights, saved = run.load_checkpoint()
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    return saved
+
+
 def resolve_run(path: str | Path | None) -> RunDir:
     """A run directory as given, or `runs/latest`; exit 2 when it does not exist."""
     target = Path(path) if path is not None else RUNS / "latest"

@@ -28,7 +28,7 @@ from fewshot.data.tasks import SplitData, Task, load_task
 from fewshot.methods import FewShotHead, build_head
 from fewshot.methods.common import class_means
 from fewshot.models import build_backbone
-from fewshot.run import RunDir, rng_state, set_rng_state
+from fewshot.run import RunDir, restore_training, rng_state
 from fewshot.tracking import PlainProgress, Tracker, console, make_progress
 from fewshot.train.device import StopFlag, pick_device
 from fewshot.train.images import embed, subsample
@@ -196,11 +196,7 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
     state = TrainState()
     if resume is not None:
         run = resume
-        weights, saved = run.load_checkpoint()
-        head.load_state_dict(weights)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        set_rng_state(saved["rng"])
+        saved = restore_training(run, head, optimizer, scheduler)
         state = TrainState(**saved["train"])
     else:
         run = RunDir.create(config.name or "meta-train", out)

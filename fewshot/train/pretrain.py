@@ -33,7 +33,7 @@ from fewshot.data.tasks import SplitData, Task, load_task
 from fewshot.methods.common import class_means
 from fewshot.models import build_backbone
 from fewshot.models.weights import load_encoder_weights
-from fewshot.run import RunDir, rng_state, set_rng_state
+from fewshot.run import RunDir, restore_training, rng_state
 from fewshot.tracking import PlainProgress, Tracker, console, make_progress
 from fewshot.train.device import StopFlag, pick_device
 from fewshot.train.images import embed, subsample
@@ -154,15 +154,11 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
     state = PretrainState()
     if resume is not None:
         run = resume
-        weights, saved = run.load_checkpoint()
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        saved = restore_training(run, model, optimizer, scheduler)
         if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             # resumed with more epochs: stretch the remaining decay (no restart)
             scheduler.T_max = max(scheduler.T_max, steps_per_epoch * t.epochs)
         scaler.load_state_dict(saved["scaler"])
-        set_rng_state(saved["rng"])
         state = PretrainState(**saved["train"])
     else:
         run = RunDir.create(config.name or "pretrain", out)
