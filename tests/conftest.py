@@ -37,6 +37,20 @@ def make_folder(root: Path, classes: dict[str, int], size: int = 16, seed: int =
     return root
 
 
+def write_tiny_task(root: Path) -> Path:
+    """A task over 8 synthetic classes at 16 px: 4 base, 2 val, 2 novel (10 images each)."""
+    import yaml
+
+    make_folder(root / "data" / "ds", {f"c{i}": 10 for i in range(8)}, size=16)
+    path = root / "task.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "image_size": 16, "data_root": "data", "datasets": {"x": "ds"},
+        "splits": {"base": ["x/c0", "x/c1", "x/c2", "x/c3"], "val": ["x/c4", "x/c5"],
+                   "novel": ["x/c6", "x/c7"]},
+    }))
+    return path
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     return make_folder(tmp_path / "data", {"alpha": 25, "beta": 25, "gamma": 25, "delta": 25})

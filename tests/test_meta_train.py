@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from conftest import make_folder, run_cli
+from conftest import run_cli, write_tiny_task
 from fewshot.config import load_config
 from fewshot.train.meta_train import VAL_SEED_OFFSET, meta_train
 from fewshot.train.validate import run_validation
@@ -28,14 +27,7 @@ TINY = ["model.backbone_args={channels: 8}", "train.ways=2", "train.shots=2",
 
 @pytest.fixture
 def tiny_task(tmp_path: Path) -> Path:
-    make_folder(tmp_path / "root" / "ds", {f"c{i}": 10 for i in range(8)}, size=16)
-    path = tmp_path / "task.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "tiny", "image_size": 16, "data_root": "root", "datasets": {"x": "ds"},
-        "splits": {"base": ["x/c0", "x/c1", "x/c2", "x/c3"], "val": ["x/c4", "x/c5"],
-                   "novel": ["x/c6", "x/c7"]},
-    }))
-    return path
+    return write_tiny_task(tmp_path)
 
 
 def config_for(task: Path, *extra: str):

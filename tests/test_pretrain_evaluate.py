@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import make_folder, run_cli
+from conftest import run_cli, write_tiny_task
 from fewshot.config import load_config
 from fewshot.errors import UsageError
 from fewshot.evaluate import auroc, episode_metrics, evaluate, pair_up
@@ -30,22 +30,11 @@ TINY = ["model.backbone_args={channels: 8}", "train.batch_size=8", "train.ways=2
 SMALL = {"ways": 2, "shots": 2, "queries": 3, "episodes": 12}
 
 
-def write_task(root: Path) -> Path:
-    make_folder(root / "data" / "ds", {f"c{i}": 10 for i in range(8)}, size=16)
-    path = root / "task.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "tiny", "image_size": 16, "data_root": "data", "datasets": {"x": "ds"},
-        "splits": {"base": ["x/c0", "x/c1", "x/c2", "x/c3"], "val": ["x/c4", "x/c5"],
-                   "novel": ["x/c6", "x/c7"]},
-    }))
-    return path
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(task file, run directory) of one tiny pretraining run shared by the tests."""
     root = tmp_path_factory.mktemp("pretrain")
-    task = write_task(root)
+    task = write_tiny_task(root)
     config = load_config(None, [f"data.task={task}", *TINY, "train.epochs=4"])
     run = pretrain(config, out=root / "run", quiet=True)
     return task, run.path
@@ -89,7 +78,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> No
 
 
 def test_ctrl_c_saves_checkpoint_and_resume_continues(tmp_path: Path) -> None:
-    task = write_task(tmp_path)
+    task = write_tiny_task(tmp_path)
     run = tmp_path / "run"
     args = ["pretrain", "--out", str(run), "--set", f"data.task={task}", "--set",
             "train.epochs=200", *[a for s in TINY for a in ("--set", s)]]
