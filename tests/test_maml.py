@@ -86,6 +86,23 @@ def test_adaptation_lowers_the_query_loss_on_a_separable_task(name):
     assert after < 0.8 * before
 
 
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd"])
+def test_support_loss_before_and_after_the_inner_loop(name):
+    model = head(name, inner_steps=5, inner_lr=0.5)
+    batch = tasks(2, separable=True)
+    model.meta_loss(*batch)
+    before, after = model.support_losses.tolist()
+    # Before adaptation: the plain classifier on the unadapted encoder, mean over tasks.
+    with torch.no_grad():
+        expected = []
+        for support, labels in zip(batch[0], batch[1], strict=True):
+            model.inner_steps = 0
+            model.process_support_set(support, labels)
+            expected.append(F.cross_entropy(model(support), labels))
+    assert before == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    assert after < 0.8 * before
+
+
 def test_maml_differentiates_through_the_inner_loop_and_fomaml_does_not(float64):
     batch = tasks(1)
     maml, fomaml = head("maml"), head("fomaml")

@@ -199,6 +199,12 @@ def test_every_head_meta_trains_and_writes_a_loadable_run(head, tiny_task, tmp_p
     assert meta["head"] == head and meta["metrics"]["episodes_trained"] == 4
     lines = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "train/loss" in r] == [2, 4]
+    inner = [r for r in lines if "train/support_loss_before" in r]
+    if head == "protonet":
+        assert not inner
+    else:  # the inner loop's effect on the support set is logged at every train step
+        assert [r["step"] for r in inner] == [2, 4]
+        assert all(np.isfinite(r["train/support_loss_after"]) for r in inner)
     model, _ = load_model(run)
     saved = load_file(run.model_path)
     for key, value in model.state_dict().items():

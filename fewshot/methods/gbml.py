@@ -75,6 +75,8 @@ class GradientMetaHead(FewShotHead):
                 (_key(name), nn.Parameter(torch.full_like(p, inner_lr)))
                 for name, p in self._adaptable().items()
             ])
+        self.support_losses: Tensor | None = None
+        """Mean support loss [before, after] the inner loop over the last meta-batch."""
         self._support: Tensor | None = None
         self._fast: dict[str, Tensor] | None = None
 
@@ -103,38 +105,56 @@ class GradientMetaHead(FewShotHead):
                         fast["classifier.bias"][:ways])
 
     def _query_features(self, fast: dict[str, Tensor], support: Tensor,
-                        query: Tensor) -> Tensor:
+                        query: Tensor) -> tuple[Tensor | None, Tensor]:
+        """(support features at the adapted weights when computed anyway, query features)."""
         if self.transductive or not any(layer.statistics == "batch" for layer in self._bn):
-            return self._embed(fast, query)
+            return None, self._embed(fast, query)
         # Inductive: the support set's statistics (at the adapted weights) normalise the query.
         # Recorded from a support pass and replayed: cheaper than a support+query batch.
-        self._embed(fast, support, "record")
-        return self._embed(fast, query, "replay")
+        adapted = self._embed(fast, support, "record")
+        return adapted, self._embed(fast, query, "replay")
 
-    def _adapt(self, support: Tensor, labels: Tensor, ways: int) -> dict[str, Tensor]:
+    def _adapt(self, support: Tensor, labels: Tensor, ways: int
+               ) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
+        """Fast weights, the support loss before adaptation (detached) and, for ANIL, the
+        support features (the encoder is not adapted, so they serve after the loop too)."""
         fast = self._adaptable()
+        features = None
         if self.adapts_encoder:
-            def support_loss(params: dict[str, Tensor]) -> Tensor:
-                return F.cross_entropy(self._logits(params, self._embed(params, support),
+            def support_loss(params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+                loss = F.cross_entropy(self._logits(params, self._embed(params, support),
                                                     ways), labels)
+                return loss, loss.detach()
         else:  # ANIL: the encoder runs once; its features carry the meta-gradient
             features = self._embed(fast, support)
 
-            def support_loss(params: dict[str, Tensor]) -> Tensor:
-                return F.cross_entropy(self._logits(params, features, ways), labels)
+            def support_loss(params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+                loss = F.cross_entropy(self._logits(params, features, ways), labels)
+                return loss, loss.detach()
 
+        before = None
         for _ in range(self.inner_steps):
-            grads = grad(support_loss)(fast)
+            grads, loss = grad(support_loss, has_aux=True)(fast)
+            before = loss if before is None else before
             if self.first_order:
                 grads = {name: g.detach() for name, g in grads.items()}
             fast = {name: p - self._lr(name) * grads[name] for name, p in fast.items()}
-        return fast
+        if before is None:  # no inner steps
+            with torch.no_grad():
+                before = support_loss(fast)[1]
+        return fast, before, features
 
     def _task(self, support: Tensor, support_labels: Tensor, query: Tensor,
-              query_labels: Tensor, ways: int) -> tuple[Tensor, Tensor]:
-        fast = self._adapt(support, support_labels, ways)
-        logits = self._logits(fast, self._query_features(fast, support, query), ways)
-        return F.cross_entropy(logits, query_labels), logits
+              query_labels: Tensor, ways: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Query loss, query logits, and the support loss [before, after] adaptation."""
+        fast, before, features = self._adapt(support, support_labels, ways)
+        adapted, query_features = self._query_features(fast, support, query)
+        with torch.no_grad():
+            if adapted is None:
+                adapted = features if features is not None else self._embed(fast, support)
+            after = F.cross_entropy(self._logits(fast, adapted, ways), support_labels)
+        logits = self._logits(fast, query_features, ways)
+        return F.cross_entropy(logits, query_labels), logits, torch.stack([before, after])
 
     # ---- meta-batches -----------------------------------------------------------------
     def _ways(self, labels: Tensor) -> int:
@@ -170,23 +190,25 @@ class GradientMetaHead(FewShotHead):
         batch = support.shape[0]
         path, chunk = self._path(support.device)
         step = 1 if path == "loop" else (chunk or batch)
-        losses, logits = [], []
+        losses, logits, support_losses = [], [], []
         with normalise_with(self._bn):
             for start in range(0, batch, step):
                 part = slice(start, start + step)
                 if path == "loop":
-                    loss, logit = self._task(support[start], support_labels[start],
-                                             query[start], query_labels[start], ways)
-                    loss, logit = loss[None], logit[None]
+                    loss, logit, inner = self._task(support[start], support_labels[start],
+                                                    query[start], query_labels[start], ways)
+                    loss, logit, inner = loss[None], logit[None], inner[None]
                 else:
                     task = vmap(partial(self._task, ways=ways), randomness="different")
-                    loss, logit = task(support[part], support_labels[part], query[part],
-                                       query_labels[part])
+                    loss, logit, inner = task(support[part], support_labels[part],
+                                              query[part], query_labels[part])
                 if backward:
                     (loss.sum() * (loss_scale / batch)).backward()
                     loss, logit = loss.detach(), logit.detach()
                 losses.append(loss)
                 logits.append(logit)
+                support_losses.append(inner)
+        self.support_losses = torch.cat(support_losses).mean(0)
         return torch.cat(losses).mean(), torch.cat(logits)
 
     # ---- the single-task head interface ------------------------------------------------
@@ -194,7 +216,7 @@ class GradientMetaHead(FewShotHead):
         """Run the inner loop on one support set; `forward` then uses the adapted weights."""
         ways = self._ways(support_labels)
         with normalise_with(self._bn):
-            self._fast = self._adapt(support, support_labels, ways)
+            self._fast = self._adapt(support, support_labels, ways)[0]
         self._support = support
         self._episode_ways = ways
 
@@ -203,7 +225,7 @@ class GradientMetaHead(FewShotHead):
             raise UsageError("no support set processed", type(self).__name__,
                              "call process_support_set(support, labels) first")
         with normalise_with(self._bn):
-            features = self._query_features(self._fast, self._support, query)
+            features = self._query_features(self._fast, self._support, query)[1]
             return self._logits(self._fast, features, self._episode_ways)
 
     def episode_loss(self, support: Tensor, support_labels: Tensor, query: Tensor,

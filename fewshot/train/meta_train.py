@@ -113,17 +113,21 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps: int)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def meta_batch_loss(head: FewShotHead, support: Tensor, support_labels: Tensor, query: Tensor,
-                    query_labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean query loss over a meta-batch; heads with a batched engine use it."""
+def meta_batch_backward(head: FewShotHead, support: Tensor, support_labels: Tensor,
+                        query: Tensor, query_labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Accumulate the meta-gradient of the mean query loss over a meta-batch into `.grad`,
+    one task (or vmap chunk) at a time, so peak memory is that of one; returns the
+    detached mean loss and the query logits `[B, NQ, N]`."""
     if hasattr(head, "meta_loss"):
-        return head.meta_loss(support, support_labels, query, query_labels)
+        return head.meta_loss(support, support_labels, query, query_labels, backward=True)
+    batch = support.shape[0]
     losses, logits = [], []
-    for t in range(support.shape[0]):
+    for t in range(batch):
         loss, task_logits = head.episode_loss(support[t], support_labels[t], query[t],
                                               query_labels[t])
-        losses.append(loss)
-        logits.append(task_logits)
+        (loss / batch).backward()
+        losses.append(loss.detach())
+        logits.append(task_logits.detach())
     return torch.stack(losses).mean(), torch.stack(logits)
 
 
@@ -255,11 +259,10 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
             if t.augment:
                 support = augment(support.flatten(0, 1)).view_as(support)
                 query = augment(query.flatten(0, 1)).view_as(query)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, logits = meta_batch_loss(head, support, batch.support_labels, query,
-                                               batch.query_labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, logits = meta_batch_backward(head, support, batch.support_labels, query,
+                                                   batch.query_labels)
             optimizer.step()
             scheduler.step()
             state.next_episode = first + len(batch.episodes)
@@ -273,6 +276,10 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
                            "train/acc": acc, "train/lr": scheduler.get_last_lr()[0],
                            "train/episodes_per_s": rate,
                            "train/images_per_s": rate * ways * (t.shots + t.queries)}
+                inner = getattr(head, "support_losses", None)
+                if inner is not None:  # MAML family: the inner loop's effect on the support
+                    metrics["train/support_loss_before"] = inner[0].item()
+                    metrics["train/support_loss_after"] = inner[1].item()
                 if device.type == "cuda":
                     metrics["train/gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
                 tracker.log(metrics, step=state.next_episode)
