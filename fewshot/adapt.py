@@ -360,7 +360,8 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
 
 def adapt_command(folder: Path, shots: int, model: Path | None, method: str | None,
                   out: Path | None, seed: int, keep_base: bool, device: str,
-                  quiet: bool, use_wandb: bool = True) -> Path:
+                  quiet: bool, use_wandb: bool = True, wandb_options: dict | None = None
+                  ) -> Path:
     """`fewshot adapt`: adapt, write the adapted folder, print what was measured."""
     from fewshot.tracking import console
 
@@ -388,20 +389,24 @@ def adapt_command(folder: Path, shots: int, model: Path | None, method: str | No
         print(f"leave-out accuracy: n/a ({m.get('note')})")
     print(f"adapted model written to {target}")
     if use_wandb:
-        log_adapt(adapted, target, quiet)
+        log_adapt(adapted, target, quiet, **(wandb_options or {}))
     if not quiet:
         console.print(f"next: fewshot predict {target} IMAGES...")
     return target
 
 
-def log_adapt(adapted, target: Path, quiet: bool) -> None:
+def log_adapt(adapted, target: Path, quiet: bool, *, project: str = "fewshot",
+              entity: str | None = None, name: str | None = None,
+              log_model: bool = False) -> None:
     """An `adapt` run in W&B (job_type `adapt`): leave-out accuracy, per-class
-    sensitivity and the confusion matrix as tables."""
+    sensitivity and the confusion matrix as tables; `log_model` adds the adapted folder
+    as an artifact."""
     from fewshot.tracking import Tracker
 
     m = adapted.metrics
     config = {"method": adapted.method, "classes": adapted.classes, "adapted_dir": str(target)}
-    with Tracker(None, job_type="adapt", config=config, quiet=quiet) as tracker:
+    with Tracker(None, job_type="adapt", config=config, quiet=quiet, project=project,
+                 entity=entity, name=name) as tracker:
         if m.get("heldout"):
             tracker.log({"adapt/accuracy": m["accuracy"], "adapt/ci95_low": m["ci95"][0],
                          "adapt/ci95_high": m["ci95"][1], "adapt/heldout": m["heldout"]},
@@ -414,6 +419,9 @@ def log_adapt(adapted, target: Path, quiet: bool) -> None:
             tracker.log_table("adapt/confusion", ["true", *c["columns"]],
                               [[r, *row] for r, row in zip(c["rows"], c["matrix"], strict=True)],
                               step=0)
+        if log_model:
+            tracker.log_artifact(Path(target), name=f"adapted-{Path(target).resolve().name}",
+                                 kind="adapted-model")
 
 
 def confusion_table(confusion: dict[str, Any]):

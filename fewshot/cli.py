@@ -6,7 +6,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -153,6 +153,12 @@ def data_sample(
               markup=False)
 
 
+def wandb_names(project: str | None, entity: str | None, name: str | None) -> dict[str, Any]:
+    """The W&B naming options given on the command line (the defaults stay in Tracker)."""
+    given = {"project": project, "entity": entity, "name": name}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def training_config(config: Path | None, overrides: list[str] | None, resume: str | None,
                     device: str | None, seed: int | None, project: str | None = None,
                     entity: str | None = None, run_name: str | None = None):
@@ -215,7 +221,8 @@ def pretrain_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
     resume: ResumeOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = None,
     seed: SeedOpt = None, wandb: WandbOpt = None, wandb_project: ProjectOpt = None,
-    wandb_entity: EntityOpt = None, run_name: RunNameOpt = None, quiet: Quiet = False,
+    wandb_entity: EntityOpt = None, run_name: RunNameOpt = None, log_model: LogModelOpt = False,
+    quiet: Quiet = False,
 ) -> None:
     """Supervised pretraining of an encoder on the base classes (cross-entropy), keeping
     the encoder with the best nearest-centroid accuracy on the val classes."""
@@ -227,7 +234,7 @@ def pretrain_cmd(
     config_dir = config.parent if config is not None else None
     try:
         result = pretrain(cfg, out=out, resume=run, data_root=data_root, config_dir=config_dir,
-                          use_wandb=wandb, quiet=quiet)
+                          use_wandb=wandb, log_model=log_model, quiet=quiet)
     except Interrupted as stop:
         print(f"interrupted: checkpoint saved; resume with: fewshot pretrain --resume "
               f"{stop.run.path}", file=sys.stderr)
@@ -266,7 +273,8 @@ def evaluate_cmd(
     json_out: Annotated[Path | None, _opt("--json", metavar="FILE", help="Write every number, "
                                           "per-episode accuracies included, as JSON.")] = None,
     data_root: DataRootOpt = None, device: DeviceOpt = None, wandb: WandbOpt = None,
-    quiet: Quiet = False,
+    wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
+    run_name: RunNameOpt = None, log_model: LogModelOpt = False, quiet: Quiet = False,
 ) -> None:
     """Score models and heads on the same seeded episodes of a split: accuracy ± 95% CI,
     macro-F1, balanced accuracy, AUROC, per-class sensitivity, paired differences."""
@@ -282,7 +290,8 @@ def evaluate_cmd(
     wide.print(results_table(result))
     if not quiet:
         wide.print(sensitivity_table(result))
-    log_results(result, use_wandb=wandb is not False, quiet=quiet)
+    log_results(result, use_wandb=wandb is not False, quiet=quiet,
+                log_model=log_model, **wandb_names(wandb_project, wandb_entity, run_name))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -305,7 +314,8 @@ def adapt_cmd(
                                             "base classes (then one new class is enough).")
                          ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "cpu",
-    wandb: WandbOpt = None,
+    wandb: WandbOpt = None, wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
+    run_name: RunNameOpt = None, log_model: LogModelOpt = False,
     quiet: Quiet = False,
 ) -> None:
     """Adapt a trained model to the classes of DIR from at most --shots images each, score
@@ -314,7 +324,9 @@ def adapt_cmd(
 
     adapt_command(folder, shots, model=model, method=method, out=out, seed=seed,
                   keep_base=keep_base, device=device, quiet=quiet,
-                  use_wandb=wandb is not False)
+                  use_wandb=wandb is not False,
+                  wandb_options={"log_model": log_model,
+                                 **wandb_names(wandb_project, wandb_entity, run_name)})
 
 
 class OutputFormat(StrEnum):

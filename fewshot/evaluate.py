@@ -364,15 +364,18 @@ def sensitivity_table(result: dict[str, Any]):
     return table
 
 
-def log_results(result: dict[str, Any], use_wandb: bool, quiet: bool) -> None:
+def log_results(result: dict[str, Any], use_wandb: bool, quiet: bool, *,
+                project: str = "fewshot", entity: str | None = None, name: str | None = None,
+                log_model: bool = False) -> None:
     """An `evaluate` run in W&B (job_type `evaluate`): the results and paired differences
-    as tables, per-episode accuracy of the reference pair as history under `test/`."""
+    as tables; `log_model` adds each scored run directory as a model artifact."""
     from fewshot.tracking import Tracker
 
     if not use_wandb:
         return
     config = {k: v for k, v in result.items() if k not in ("results", "paired")}
-    with Tracker(None, job_type="evaluate", config=config, quiet=quiet) as tracker:
+    with Tracker(None, job_type="evaluate", config=config, quiet=quiet, project=project,
+                 entity=entity, name=name) as tracker:
         columns = ["model", "head", "episodes", "accuracy", "accuracy_ci95", "macro_f1",
                    "balanced_accuracy", "auroc"]
         rows = [[r["model"], r["head"], r["episodes"], r["accuracy"]["mean"],
@@ -390,3 +393,7 @@ def log_results(result: dict[str, Any], use_wandb: bool, quiet: bool) -> None:
                               [[k, v] for k, v in r["per_class_sensitivity"].items()], step=0)
         tracker.summary({f"test/{r['model']}+{r['head']}/accuracy": r["accuracy"]["mean"]
                          for r in result["results"]})
+        if log_model:
+            for model in dict.fromkeys(r["model"] for r in result["results"]):
+                if Path(model).is_dir():  # not 'pixels' or 'random:<backbone>'
+                    tracker.log_artifact(Path(model), name=f"model-{Path(model).resolve().name}")

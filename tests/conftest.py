@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,11 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     full_env.pop("FEWSHOT_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "fewshot", *args], capture_output=True,
                           text=True, cwd=cwd, env=full_env, timeout=timeout)
+
+
+def wandb_records(wandb_dir: Path) -> list[dict]:
+    """Every record of the offline W&B runs under `wandb_dir`, read by W&B's own CLI."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_dir)],
+                         capture_output=True, text=True, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

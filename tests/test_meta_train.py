@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli, write_tiny_task
+from conftest import run_cli, wandb_records, write_tiny_task
 from fewshot.config import load_config
 from fewshot.train.meta_train import VAL_SEED_OFFSET, meta_train
 from fewshot.train.validate import run_validation
@@ -152,20 +152,13 @@ def test_ctrl_c_saves_exits_130_and_resume_finishes(tiny_task, tmp_path):
     assert meta["metrics"]["episodes_trained"] == 120
 
 
-def _wandb_records(wandb_dir: Path) -> list[dict]:
-    wandb_cli = Path(sys.executable).with_name("wandb")
-    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_dir)],
-                         capture_output=True, text=True, check=True)
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-
-
 def test_wandb_offline_records_train_and_val_history(tiny_task, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     config = config_for(tiny_task, "train.episodes=12", "train.val_every=4",
                         "tracking.wandb=true", "tracking.log_every=2")
     run = meta_train(config, quiet=True)
-    records = _wandb_records(run.path / "wandb")
+    records = wandb_records(run.path / "wandb")
     history = [r["history"]["item"] for r in records if r.get("type") == "history"]
     train_steps = [h["_step"] for h in history if "train/loss" in h]
     val_steps = [h["_step"] for h in history if "val/acc" in h]

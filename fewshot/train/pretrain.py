@@ -123,7 +123,8 @@ def epoch_order(seed: int, epoch: int, size: int, limit: int | None) -> np.ndarr
 
 def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | None = None,
              data_root: str | None = None, config_dir: Path | None = None,
-             use_wandb: bool | None = None, quiet: bool = False) -> RunDir:
+             use_wandb: bool | None = None, log_model: bool = False,
+             quiet: bool = False) -> RunDir:
     """Run (or resume) supervised pretraining; returns the run directory."""
     t = config.train
     device = pick_device(t.device)
@@ -257,6 +258,8 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
                      PROTOTYPES_PER_CLASS)
     run.write_meta(model_meta(config, task, image_size, model.encoder, state, state.epoch))
     tracker.summary({"val/best_acc": state.best_acc, "best_epoch": state.best_epoch})
+    if log_model:
+        tracker.log_artifact(run.path, name=f"model-{run.path.name}")
     tracker.finish()
     return run
 
