@@ -315,7 +315,9 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     head_accepts(method)  # unknown method: exit 2 before reading any image
     from fewshot.methods.base import HEADS
 
-    if keep_base and not HEADS[method].feature_based:
+    # `is not True`: ANIL's feature_based is a per-instance property, and --keep-base
+    # needs a head that takes extra classes as prototypes, which ANIL's classifier is not.
+    if keep_base and HEADS[method].feature_based is not True:
         raise keep_base_error(method)
     size = int(meta["image_size"])
     selection = select_support(folder, shots, seed, size, min_classes=1 if keep_base else 2)

@@ -202,6 +202,29 @@ def test_stored_batchnorm_statistics_are_used_and_kept():
         assert torch.equal(model.encoder.state_dict()[key], value), key
 
 
+def test_anil_on_stored_statistics_runs_on_features_like_protonet():
+    """ANIL with a pretrained encoder embeds each image once (evaluation's fast path):
+    fed those features with an identity encoder, it gives the logits it gives on images."""
+    torch.manual_seed(0)
+    encoder = Conv4(SIZE, channels=4)
+    with torch.no_grad():
+        encoder(torch.randn(8, 3, SIZE, SIZE))  # stored statistics, as after pretraining
+    encoder.eval()
+    model = build_head("anil", encoder, ways=WAYS, inner_steps=3, inner_lr=0.5)
+    assert model.feature_based
+    assert not head("anil").feature_based  # statistics from the support set
+    support, s_labels, query, _ = (t[0] for t in tasks(1, separable=True))
+    model.process_support_set(support, s_labels)
+    on_images = model(query)
+    with torch.no_grad():
+        s_feat, q_feat = encoder(support), encoder(query)
+    model.encoder = nn.Identity()
+    with torch.no_grad():  # as evaluate calls feature-based heads
+        model.process_support_set(s_feat, s_labels)
+        on_features = model(q_feat)
+    torch.testing.assert_close(on_features, on_images)
+
+
 def test_inductive_query_uses_support_statistics_only():
     """Inductive: a query image's logits do not depend on the other query images."""
     model = head("maml")

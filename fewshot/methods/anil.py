@@ -12,3 +12,11 @@ from fewshot.methods.gbml import GradientMetaHead
 @register_head("anil")
 class ANIL(GradientMetaHead):
     adapts_encoder = False
+
+    @property
+    def feature_based(self) -> bool:  # type: ignore[override]
+        """With stored batch-norm statistics (or no batch-norm) each image's features do not
+        depend on the rest of the episode, so evaluation, validation and adapt can embed
+        every image once, as they do for ProtoNet; with statistics from the support set
+        they cannot."""
+        return all(layer.has_stored_statistics() for layer in self._bn)
