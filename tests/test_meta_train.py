@@ -220,3 +220,14 @@ def test_meta_train_from_a_pretrain_run_starts_from_its_encoder(tiny_task, tmp_p
     assert pretrained.keys() == mine.keys()
     for key, value in pretrained.items():
         assert torch.equal(mine[key], value), key
+
+    # The pretrained start is validated (episode 0) and kept if nothing beats it.
+    config = config_for(tiny_task, f"model.weights={pre.path}", "train.episodes=4",
+                        "train.val_every=2", "train.val_episodes=4", "train.lr=1e-9")
+    run = meta_train(config, quiet=True)
+    history = run.read_meta()["metrics"]
+    val = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()
+           if "val/acc" in x]
+    assert [r["step"] for r in val] == [0, 2, 4]
+    best = max(val, key=lambda r: r["val/acc"])
+    assert history["best_episode"] == best["step"]

@@ -248,6 +248,10 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
     smoothed: float | None = None
     started = time.monotonic()
     done_at_start = state.next_episode
+    if has_val and config.model.weights and state.next_episode == 0 and not state.history:
+        # A pretrained start is a candidate too: if meta-training never beats it on the
+        # val classes, the run keeps the encoder it started from.
+        validate(0)
     head.train()
     with StopFlag() as stop, progress:
         bar = progress.add_task("meta-train", total=t.episodes, completed=state.next_episode,
