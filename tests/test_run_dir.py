@@ -55,3 +55,17 @@ def test_latest_link_and_missing_run(tmp_path, monkeypatch):
     with pytest.raises(UsageError) as info:
         resolve_run(tmp_path / "nope")
     assert info.value.exit_code == 2
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import os
+
+    from fewshot.run import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "model.json", lambda tmp: tmp.write_text("{}"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.json").stat().st_mode & 0o777 == 0o644
+    assert not list(tmp_path.glob(".*.tmp"))
