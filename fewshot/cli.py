@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -159,6 +161,19 @@ def wandb_names(project: str | None, entity: str | None, name: str | None) -> di
     return {k: v for k, v in given.items() if v is not None}
 
 
+@contextmanager
+def resumable(command: str) -> Iterator[None]:
+    """Ctrl-C during training: the loop saved a checkpoint; say how to resume, exit 130."""
+    from fewshot.train.meta_train import Interrupted
+
+    try:
+        yield
+    except Interrupted as stop:
+        print(f"interrupted: checkpoint saved; resume with: fewshot {command} --resume "
+              f"{stop.run.path}", file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
 def training_config(config: Path | None, overrides: list[str] | None, resume: str | None,
                     device: str | None, seed: int | None, project: str | None = None,
                     entity: str | None = None, run_name: str | None = None):
@@ -194,19 +209,15 @@ def meta_train_cmd(
 ) -> None:
     """Meta-train an encoder and head on episodes of the base classes, keeping the model
     that does best on the held-apart val classes. No arguments: the shipped quickstart."""
-    from fewshot.train.meta_train import Interrupted, meta_train
+    from fewshot.train.meta_train import meta_train
 
     cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
                                wandb_entity, run_name)
     config_dir = config.parent if config is not None else None
-    try:
+    with resumable("meta-train"):
         result = meta_train(cfg, out=out, resume=run, data_root=data_root,
                             config_dir=config_dir, use_wandb=wandb, log_model=log_model,
                             quiet=quiet)
-    except Interrupted as stop:
-        print(f"interrupted: checkpoint saved; resume with: fewshot meta-train --resume "
-              f"{stop.run.path}", file=sys.stderr)
-        raise typer.Exit(130) from None
     meta = result.read_meta()
     best = meta["metrics"].get("val/acc")
     screen.print(f"model written to {result.path}"
@@ -226,19 +237,14 @@ def pretrain_cmd(
 ) -> None:
     """Supervised pretraining of an encoder on the base classes (cross-entropy), keeping
     the encoder with the best nearest-centroid accuracy on the val classes."""
-    from fewshot.train.meta_train import Interrupted
     from fewshot.train.pretrain import pretrain
 
     cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
                                wandb_entity, run_name)
     config_dir = config.parent if config is not None else None
-    try:
+    with resumable("pretrain"):
         result = pretrain(cfg, out=out, resume=run, data_root=data_root, config_dir=config_dir,
                           use_wandb=wandb, log_model=log_model, quiet=quiet)
-    except Interrupted as stop:
-        print(f"interrupted: checkpoint saved; resume with: fewshot pretrain --resume "
-              f"{stop.run.path}", file=sys.stderr)
-        raise typer.Exit(130) from None
     best = result.read_meta()["metrics"].get("val/acc")
     screen.print(f"model written to {result.path}"
                  + (f" (val nearest-centroid accuracy {100 * best:.2f}%)" if best else ""))

@@ -58,8 +58,6 @@ def test_latest_link_and_missing_run(tmp_path, monkeypatch):
 
 
 def test_atomic_writes_follow_the_umask(tmp_path):
-    import os
-
     from fewshot.run import atomic_write
 
     old = os.umask(0o022)
