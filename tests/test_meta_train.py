@@ -198,6 +198,7 @@ def test_every_head_meta_trains_and_writes_a_loadable_run(head, tiny_task, tmp_p
     else:  # the inner loop's effect on the support set is logged at every train step
         assert [r["step"] for r in inner] == [2, 4]
         assert all(np.isfinite(r["train/support_loss_after"]) for r in inner)
+    assert all(("train/inner_lr_mean" in r) == (head == "metasgd") for r in inner)
     model, _ = load_model(run)
     saved = load_file(run.model_path)
     for key, value in model.state_dict().items():

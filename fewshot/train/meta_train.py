@@ -246,6 +246,7 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
     progress = make_progress(quiet)
     plain = PlainProgress("meta-train", t.episodes, quiet=quiet or not progress.disable)
     smoothed: float | None = None
+    acc_smooth: float | None = None
     started = time.monotonic()
     done_at_start = state.next_episode
     if has_val and config.model.weights and state.next_episode == 0 and not state.history:
@@ -273,17 +274,22 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
             acc = (logits.argmax(-1) == batch.query_labels).float().mean().item()
             loss_value = loss.item()
             smoothed = loss_value if smoothed is None else 0.95 * smoothed + 0.05 * loss_value
+            acc_smooth = acc if acc_smooth is None else 0.95 * acc_smooth + 0.05 * acc
             elapsed = max(time.monotonic() - started, 1e-9)
             rate = (state.next_episode - done_at_start) / elapsed
             if (state.next_episode // t.meta_batch) % config.tracking.log_every == 0:
                 metrics = {"train/loss": loss_value, "train/loss_smooth": smoothed,
-                           "train/acc": acc, "train/lr": scheduler.get_last_lr()[0],
+                           "train/acc": acc, "train/acc_smooth": acc_smooth,
+                           "train/lr": scheduler.get_last_lr()[0],
                            "train/episodes_per_s": rate,
                            "train/images_per_s": rate * ways * (t.shots + t.queries)}
                 inner = getattr(head, "support_losses", None)
                 if inner is not None:  # MAML family: the inner loop's effect on the support
                     metrics["train/support_loss_before"] = inner[0].item()
                     metrics["train/support_loss_after"] = inner[1].item()
+                if hasattr(head, "inner_lrs"):  # Meta-SGD's learned inner learning rates
+                    lrs = torch.cat([p.detach().flatten() for p in head.inner_lrs.values()])
+                    metrics["train/inner_lr_mean"] = lrs.mean().item()
                 if device.type == "cuda":
                     metrics["train/gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
                 tracker.log(metrics, step=state.next_episode)
