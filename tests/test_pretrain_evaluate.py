@@ -69,6 +69,24 @@ def test_pretrain_writes_run_dir_and_lowers_loss(trained) -> None:
     assert torch.equal(model.base_mean, prototypes["base_mean"])
 
 
+def test_pretrain_stops_after_patience_epochs_without_a_better_val_score(tmp_path) -> None:
+    task = write_tiny_task(tmp_path)
+    config = load_config(None, [f"data.task={task}", *TINY, "train.epochs=8",
+                                "train.patience=1"])
+    run = pretrain(config, out=tmp_path / "run", quiet=True)
+    accs = [json.loads(line)["val/acc"] for line in (run.path / "metrics.jsonl")
+            .read_text().splitlines() if '"val/acc"' in line]
+    meta = run.read_meta()["metrics"]
+    assert meta["epochs_trained"] == len(accs)
+    # every epoch but the last improved on the best so far; the last one stopped the run
+    assert all(b > a for a, b in zip(accs, accs[1:-1], strict=False))
+    if meta["stopped_early"]:
+        assert len(accs) < 8 and accs[-1] <= max(accs[:-1])
+        assert meta["best_epoch"] == len(accs) - 1
+    else:
+        assert len(accs) == 8
+
+
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():

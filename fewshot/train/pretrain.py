@@ -97,7 +97,8 @@ def nearest_centroid_accuracy(features: Tensor, labels: np.ndarray, groups: np.n
 
 
 def model_meta(config: Config, task: Task, image_size: int, encoder: nn.Module,
-               state: PretrainState, epochs_done: int) -> dict[str, Any]:
+               state: PretrainState, epochs_done: int, stopped_early: bool = False
+               ) -> dict[str, Any]:
     """model.json: everything needed to rebuild the model without the config."""
     return {
         "kind": "pretrain",
@@ -111,7 +112,8 @@ def model_meta(config: Config, task: Task, image_size: int, encoder: nn.Module,
         "head_options": {},
         "classes": {split: task.classes(split) for split in ("base", "val", "novel")},
         "metrics": {"val/acc": state.best_acc if state.best_epoch >= 0 else None,
-                    "best_epoch": state.best_epoch, "epochs_trained": epochs_done},
+                    "best_epoch": state.best_epoch, "epochs_trained": epochs_done,
+                    "stopped_early": stopped_early},
     }
 
 
@@ -203,6 +205,11 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
         metrics["val/best_acc"] = state.best_acc if val is not None else float("nan")
         tracker.log(metrics, step=(epoch + 1) * steps_per_epoch)
 
+    def stale() -> bool:
+        """`train.patience` epochs without a better val score: stop (the best is kept)."""
+        return val is not None and state.best_epoch >= 0 \
+            and state.epoch - state.best_epoch >= t.patience
+
     progress = make_progress(quiet)
     total = steps_per_epoch * t.epochs
     plain = PlainProgress("pretrain", total, quiet=quiet or not progress.disable)
@@ -211,7 +218,7 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
     model.train()
     with StopFlag() as stop, progress:
         bar = progress.add_task("pretrain", total=total, completed=done_at_start, status="")
-        while state.epoch < t.epochs:
+        while state.epoch < t.epochs and not stale():
             order = torch.from_numpy(epoch_order(t.seed, state.epoch, len(images), t.epoch_size))
             while state.step < steps_per_epoch:
                 index = order[state.step * t.batch_size:(state.step + 1) * t.batch_size]
@@ -252,11 +259,16 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
             state.epoch, state.step = state.epoch + 1, 0
             checkpoint()
 
+    stopped_early = stale() and state.epoch < t.epochs
+    if stopped_early and not quiet:
+        console.print(f"early stop: no better val score in {t.patience} epochs "
+                      f"(best: epoch {state.best_epoch})")
     model.encoder.load_state_dict({k.removeprefix("encoder."): v
                                    for k, v in run.load_weights().items()})
     write_prototypes(run, model.encoder, images, base, normalize, device,
                      PROTOTYPES_PER_CLASS)
-    run.write_meta(model_meta(config, task, image_size, model.encoder, state, state.epoch))
+    run.write_meta(model_meta(config, task, image_size, model.encoder, state, state.epoch,
+                              stopped_early))
     tracker.summary({"val/best_acc": state.best_acc, "best_epoch": state.best_epoch})
     if log_model:
         tracker.log_artifact(run.path, name=f"model-{run.path.name}")
