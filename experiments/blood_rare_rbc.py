@@ -7,7 +7,8 @@ differences against the first pair.
     # and the meta-training rows beside them (run directories of fewshot meta-train)
     python experiments/blood_rare_rbc.py --pretrained runs/pretrain-resnet18-blood \\
         --meta runs/protonet-conv4 runs/maml-conv4 runs/anil-resnet18-pretrained \\
-        --pmf runs/protonet-resnet18-pretrained --name blood-rare-rbc-meta
+        --pmf runs/protonet-resnet18-pretrained --name blood-rare-rbc-meta \
+        --pair runs/pretrain-resnet18-blood-last simpleshot
 
 Feature-based heads (and MAML-family heads on stored batch-norm statistics) are scored on
 all `--episodes`; MAML-family heads that re-run the encoder on the first `--slow-episodes`;
@@ -56,6 +57,7 @@ def pairs_for(args: argparse.Namespace) -> list[tuple[str, str]]:
     for run in args.meta:
         head = json.loads((Path(run) / "model.json").read_text())["head"]
         pairs.append((run, head))
+    pairs += [tuple(pair) for pair in args.pair]
     for run in args.pmf:  # P>M>F: the meta-trained encoder, fine-tuned at test time too
         pairs += [(run, json.loads((Path(run) / "model.json").read_text())["head"]),
                   (run, "finetune")]
@@ -69,6 +71,8 @@ def main() -> None:
                         "scored with their own head")
     parser.add_argument("--pmf", nargs="*", default=[], help="meta-train run directories, "
                         "scored with their own head and with finetune (P>M>F)")
+    parser.add_argument("--pair", nargs=2, action="append", default=[],
+                        metavar=("MODEL", "HEAD"), help="any further pair (repeatable)")
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--slow-episodes", type=int, default=100)
     parser.add_argument("--finetune-episodes", type=int, default=50)
