@@ -92,3 +92,11 @@ def test_shipped_quickstart_task_ignores_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("FEWSHOT_DATA", str(tmp_path / "elsewhere"))
     task = load_task("quickstart", data_root=tmp_path / "elsewhere")
     assert len(task.split("base")) > 0 and task.classes("val") == []
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_shipped_experiment_configs_load_with_strict_keys(path):
+    config = load_config(path, [])
+    assert config.name == path.stem  # run directories are named after their config
+    assert (path.parent / config.data.task).is_file()
