@@ -4,9 +4,9 @@ Conv4 (84 px), 5-way 1-shot, 15 queries per class, 5 inner steps, second order, 
 on the same synthetic tasks (random tensors: speed does not depend on the pixels).
 
 - `fewshot`: the `maml` head with its defaults (inductive batch-norm, the loop path on
-  CPU), `meta_loss(..., backward=True)` as `fewshot meta-train` calls it (each task's
-  graph freed after its backward), and the allocator setting fewshot's training commands
-  apply (`keep_freed_memory`).
+  CPU), channels-last weights and `meta_loss(..., backward=True)` as `fewshot meta-train`
+  sets them up (each task's graph freed after its backward), and the allocator setting
+  fewshot's training commands apply (`keep_freed_memory`).
 - `learn2learn`: learn2learn's own example loop (maml_miniimagenet.py): `MAML.clone()`,
   `adapt()` per step, `backward()` per task, gradients averaged, default allocator.
 - `learn2learn+malloc`: the same with the allocator setting through glibc's environment
@@ -60,7 +60,8 @@ def fewshot_step(channels: int, device: str):
     keep_freed_memory()
     torch.manual_seed(0)
     head = build_head("maml", Conv4(SIZE, channels=channels, track_running_stats=False),
-                      ways=WAYS, inner_steps=STEPS, inner_lr=0.5).to(device)
+                      ways=WAYS, inner_steps=STEPS, inner_lr=0.5)
+    head = head.to(device, memory_format=torch.channels_last)  # as fewshot meta-train does
     opt = torch.optim.Adam(head.parameters(), 1e-3)
     def step(tasks: list) -> None:  # as fewshot meta-train runs it: backward task by task
         opt.zero_grad()
