@@ -27,11 +27,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fewshot.data.tasks import load_task
-from fewshot.evaluate import Models, evaluate, mean_ci
+from fewshot.evaluate import Models, accuracy_difference, evaluate
 from fewshot.train.device import pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,11 +110,9 @@ def main() -> None:
 
 
 def paired(reference: dict, other: dict) -> dict:
-    n = min(reference["episodes"], other["episodes"])
-    diff = (np.asarray(other["per_episode_accuracy"][:n])
-            - np.asarray(reference["per_episode_accuracy"][:n]))
-    mean, ci = mean_ci(diff)
-    return {"episodes": n, "mean": mean, "ci95": ci}
+    """Paired difference of two result rows from separate evaluate calls."""
+    return accuracy_difference(reference["per_episode_accuracy"],
+                               other["per_episode_accuracy"])
 
 
 def write_results(args, pairs, results, timings) -> list[str]:

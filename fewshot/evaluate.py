@@ -316,13 +316,19 @@ def summarise(c: Candidate) -> dict[str, Any]:
     return out
 
 
+def accuracy_difference(reference: list[float], other: list[float]) -> dict[str, Any]:
+    """Mean per-episode accuracy difference (other − reference) with its 95% CI, on the
+    episodes both have (a shorter run's are the first episodes of the longer one's)."""
+    n = min(len(reference), len(other))
+    mean, ci = mean_ci(np.asarray(other[:n]) - np.asarray(reference[:n]))
+    return {"episodes": n, "mean": mean, "ci95": ci}
+
+
 def paired(reference: Candidate, other: Candidate) -> dict[str, Any]:
-    """Mean difference in accuracy (other − reference) on their common episodes."""
-    n = min(len(reference.accuracy), len(other.accuracy))
-    diff = np.asarray(other.accuracy[:n]) - np.asarray(reference.accuracy[:n])
-    mean, ci = mean_ci(diff)
-    return {"reference": reference.label, "other": other.label, "episodes": n,
-            "accuracy_difference": {"mean": mean, "ci95": ci}}
+    """The paired difference of two pairs scored in one evaluation."""
+    d = accuracy_difference(reference.accuracy, other.accuracy)
+    return {"reference": reference.label, "other": other.label, "episodes": d["episodes"],
+            "accuracy_difference": {"mean": d["mean"], "ci95": d["ci95"]}}
 
 
 def results_table(result: dict[str, Any]):
