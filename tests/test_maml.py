@@ -14,7 +14,7 @@ from torch import nn
 
 from fewshot.methods import build_head
 from fewshot.models.conv4 import Conv4
-from fewshot.models.norm import ExactBatchNorm2d
+from fewshot.models.norm import BatchStatisticsNorm, ExactBatchNorm2d
 
 WAYS, SHOTS, QUERIES, SIZE = 3, 2, 3, 16
 
@@ -162,6 +162,38 @@ def test_batchnorm_under_vmap_matches_finite_differences(float64):
                 values.append(float(model.meta_loss(*batch)[0]))
         numeric = (values[0] - values[1]) / 2e-6
         assert abs(numeric - float(g @ direction)) < 1e-6 * abs(numeric)
+
+
+def test_batch_statistics_norm_first_and_second_derivatives(float64):
+    """The written-out backward against numerical derivatives, through all three outputs
+    (the returned statistics carry gradient to the query in inductive mode)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 5, 5, generator=gen, requires_grad=True)
+    weight = torch.randn(1, 3, 1, 1, generator=gen, requires_grad=True)
+    bias = torch.randn(1, 3, 1, 1, generator=gen, requires_grad=True)
+    probe = [torch.randn(4, 3, 5, 5, generator=gen), torch.randn(1, 3, 1, 1, generator=gen),
+             torch.randn(1, 3, 1, 1, generator=gen)]
+
+    def f(x, weight, bias):
+        out, mean, invstd = BatchStatisticsNorm.apply(x, weight, bias, 1e-5)
+        return (out * probe[0]).sum() + (mean * probe[1]).sum() + (invstd * probe[2]).sum()
+
+    assert torch.autograd.gradcheck(f, (x, weight, bias))
+    assert torch.autograd.gradgradcheck(f, (x, weight, bias))
+    out, mean, invstd = BatchStatisticsNorm.apply(x, weight, bias, 1e-5)
+    reference = F.batch_norm(x, None, None, weight.flatten(), bias.flatten(), True, 0.0, 1e-5)
+    torch.testing.assert_close(out, reference)
+    torch.testing.assert_close(invstd.flatten(), x.var((0, 2, 3), correction=0).add(1e-5).rsqrt())
+
+    def half(t):  # a 2-image batch, for vmap over two of them
+        out, mean, invstd = BatchStatisticsNorm.apply(t, weight.detach(), bias.detach(), 1e-5)
+        return (out * probe[0][:2]).sum() + (mean * probe[1]).sum() + (invstd * probe[2]).sum()
+
+    halves = x.detach().view(2, 2, 3, 5, 5)
+    hessian = torch.func.jacrev(torch.func.jacrev(half))  # reverse over reverse, as MAML
+    batched = torch.func.vmap(hessian)(halves)
+    for i in range(2):
+        torch.testing.assert_close(batched[i], torch.autograd.functional.hessian(half, halves[i]))
 
 
 def test_anil_adapts_the_classifier_only():

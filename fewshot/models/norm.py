@@ -8,6 +8,9 @@ parameters and buffers (same names, so state dicts and checkpoints do not change
 swapped layer behaves exactly like `nn.BatchNorm*d` until the MAML engine drives it with
 `normalise_with(...)`; then it normalises from basic tensor ops, which vmap batches
 exactly, and never updates running statistics (in-place updates cannot run under vmap).
+With batch statistics it runs `BatchStatisticsNorm`, whose backward is written out: the
+MAML inner loop's second-order backward is shorter that way (about 5% of a CPU training
+step on Conv4).
 """
 
 from __future__ import annotations
@@ -19,6 +22,55 @@ import torch
 from torch import Tensor, nn
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class BatchStatisticsNorm(torch.autograd.Function):
+    """`weight * (x - mean) / std + bias` over the batch statistics of `x`, returning
+    `(out, mean, 1/std)` (per channel, kept dims) so the query can be normalised with them.
+
+    The backward is written out (the standard batch-norm gradient, plus the terms from
+    the returned statistics) from plain tensor ops: 4 full-size passes instead of the ~8
+    that autograd records for the composed forward, and the second-order backward of
+    MAML differentiates that shorter formula. Plain ops keep it exact under `vmap`.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        dims = [0, *range(2, x.dim())]
+        var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)  # biased
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        return torch.addcmul(shift, x, scale), mean, invstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        x, weight, bias, _ = inputs
+        _, mean, invstd = output
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, grad_mean: Tensor, grad_invstd: Tensor):  # noqa: ANN001, ANN205
+        x, weight, mean, invstd = ctx.saved_tensors
+        dims = [0, *range(2, x.dim())]
+        n = x.numel() // mean.numel()
+        normalised = torch.addcmul(-mean * invstd, x, invstd)
+        sum_grad = grad_out.sum(dims, keepdim=True)
+        sum_grad_normalised = (grad_out * normalised).sum(dims, keepdim=True)
+        gain = invstd if weight is None else invstd * weight
+        # d out/dx, d mean/dx = 1/n and d invstd/dx = -invstd^2 * normalised / n, as
+        # per-channel coefficients of grad_out, normalised and 1.
+        coef_normalised = -(gain * sum_grad_normalised + grad_invstd * invstd * invstd) / n
+        coef_one = (grad_mean - gain * sum_grad) / n
+        grad_x = torch.addcmul(torch.addcmul(coef_one, grad_out, gain), normalised,
+                               coef_normalised)
+        grad_weight = sum_grad_normalised if weight is not None else None
+        grad_bias = sum_grad if ctx.has_bias else None
+        return grad_x, grad_weight, grad_bias, None
 
 
 class _ExactBatchNorm:
@@ -37,19 +89,21 @@ class _ExactBatchNorm:
         shape = [1, -1] + [1] * (x.dim() - 2)
         if self.statistics == "running":
             mean = self.running_mean.view(shape)
-            var = self.running_var.view(shape)
+            invstd = torch.rsqrt(self.running_var.view(shape) + self.eps)
         elif self.phase == "replay":
             if self.recorded is None:
                 raise RuntimeError("batch-norm replay without recorded support statistics")
-            var, mean = self.recorded
+            mean, invstd = self.recorded
         else:
-            dims = [0, *range(2, x.dim())]
-            var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)  # biased
+            weight = self.weight.view(shape) if self.weight is not None else None
+            bias = self.bias.view(shape) if self.bias is not None else None
+            out, mean, invstd = BatchStatisticsNorm.apply(x, weight, bias, self.eps)
             if self.phase == "record":
-                self.recorded = (var, mean)
+                self.recorded = (mean, invstd)
+            return out
         # Per-channel scale and shift first, then one full-size op: less memory traffic
-        # and fewer saved tensors in the (second-order) backward than normalising step by step.
-        scale = torch.rsqrt(var + self.eps)
+        # and fewer saved tensors in the backward than normalising step by step.
+        scale = invstd
         if self.weight is not None:
             scale = scale * self.weight.view(shape)
         shift = -mean * scale
