@@ -7,8 +7,9 @@ on the same synthetic tasks (random tensors: speed does not depend on the pixels
   CPU), channels-last weights and `meta_loss(..., backward=True)` as `fewshot meta-train`
   sets them up (each task's graph freed after its backward), and the allocator setting
   fewshot's training commands apply (`keep_freed_memory`).
-- `learn2learn`: learn2learn's own example loop (maml_miniimagenet.py): `MAML.clone()`,
-  `adapt()` per step, `backward()` per task, gradients averaged, default allocator.
+- `learn2learn`: learn2learn's own example (maml_miniimagenet.py): its `MiniImagenetCNN`
+  (the same Conv4), `MAML.clone()`, `adapt()` per step, `backward()` per task,
+  gradients averaged, default allocator.
 - `learn2learn+malloc`: the same with the allocator setting through glibc's environment
   variables, to separate the engine's share of the speed-up from the allocator's.
 
@@ -76,17 +77,13 @@ def learn2learn_step(channels: int, device: str):
 
     import torch
     import torch.nn.functional as F
-    from torch import nn
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import learn2learn as l2l
 
-    from fewshot.models.conv4 import Conv4
-
     torch.manual_seed(0)
-    encoder = Conv4(SIZE, channels=channels, track_running_stats=False)
-    model = nn.Sequential(encoder, nn.Linear(encoder.feature_dim, WAYS)).to(device)
+    model = l2l.vision.models.MiniImagenetCNN(WAYS, hidden_size=channels).to(device)
     maml = l2l.algorithms.MAML(model, lr=0.5, first_order=False)
     opt = torch.optim.Adam(maml.parameters(), 1e-3)
     def step(tasks: list) -> None:  # learn2learn's maml_miniimagenet.py, minus data loading

@@ -40,6 +40,26 @@ def test_feature_shapes_large_backbones(name: str, size: int, dim: int) -> None:
     _check_shape(name, size, dim)
 
 
+def test_conv4_pooling_before_relu_is_the_textbook_block() -> None:
+    """conv / batch-norm / max-pool / ReLU equals the usual conv / batch-norm / ReLU /
+    max-pool in value, gradient and second-order gradient (ReLU is monotonic)."""
+    torch.manual_seed(0)
+    model = build_backbone("conv4", image_size=32, channels=8).double().train()
+    textbook = torch.nn.Sequential(*[torch.nn.Sequential(b[0], b[1], b[3], b[2])
+                                     for b in model.features[:4]], torch.nn.Flatten())
+    assert isinstance(model.features[0][2], torch.nn.MaxPool2d)
+    images = torch.randn(6, 3, 32, 32, dtype=torch.float64)
+    results = []
+    for net in (model, textbook):
+        params = list(net.parameters())
+        out = net(images)
+        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
+        second = torch.autograd.grad(sum(g.square().sum() for g in grads), params)
+        results.append([out, *grads, *second])
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
 def test_inception_refuses_small_images() -> None:
     with pytest.raises(UsageError, match="at least 75 px"):
         build_backbone("inception_v3", image_size=64)

@@ -1,4 +1,9 @@
-"""Conv4: four 3x3 conv / batch-norm / ReLU / 2x2 max-pool blocks, the few-shot standard."""
+"""Conv4: four 3x3 conv / batch-norm / ReLU / 2x2 max-pool blocks, the few-shot standard.
+
+Each block pools before its ReLU: ReLU is monotonic, so max-pool and ReLU commute, in value
+and in gradient, and ReLU then touches a quarter of the elements (its forward and backward
+were among the costliest passes of CPU meta-training). Parameter names are unchanged.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ def conv_block(in_channels: int, out_channels: int, track_running_stats: bool) -
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1),
         nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats),
-        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
+        nn.ReLU(inplace=True),
     )
 
 

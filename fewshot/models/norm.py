@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -109,6 +110,11 @@ class _ExactBatchNorm:
         shift = -mean * scale
         if self.bias is not None:
             shift = shift + self.bias.view(shape)
+        if self.phase == "replay":  # first order only (the query): the fused kernel
+            channels = x.shape[1]
+            zeros = x.new_zeros(channels)
+            return F.batch_norm(x, zeros, torch.ones_like(zeros), scale.reshape(channels),
+                                shift.reshape(channels), False, 0.0, 0.0)
         return torch.addcmul(shift, x, scale)
 
     def has_stored_statistics(self) -> bool:
