@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=2, help="timed meta-batches per run")
     parser.add_argument("--channels", type=int, default=32,
-                        help="32: learn2learn's MiniImagenetCNN, as its examples run it")
+                        help="Conv4 width for both (learn2learn's MiniImagenetCNN defaults to 64)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--worker", choices=IMPLS)

@@ -56,7 +56,7 @@ def test_conv4_pooling_before_relu_is_the_textbook_block() -> None:
         grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
         second = torch.autograd.grad(sum(g.square().sum() for g in grads), params)
         results.append([out, *grads, *second])
-    for ours, theirs in zip(*results):
+    for ours, theirs in zip(*results, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
