@@ -4,9 +4,10 @@ Conv4 (84 px), 5-way 1-shot, 15 queries per class, 5 inner steps, second order, 
 on the same synthetic tasks (random tensors: speed does not depend on the pixels).
 
 - `fewshot`: the `maml` head with its defaults (inductive batch-norm, the loop path on
-  CPU), channels-last weights and `meta_loss(..., backward=True)` as `fewshot meta-train`
-  sets them up (each task's graph freed after its backward), and the allocator setting
-  fewshot's training commands apply (`keep_freed_memory`).
+  CPU), set up as `fewshot meta-train` does: channels-last weights, the meta-batch split
+  over one process per core (`fewshot.train.task_workers`; its sys % counts the main
+  process only), each task's graph freed after its backward, and the allocator setting
+  of fewshot's training commands (`keep_freed_memory`).
 - `learn2learn`: learn2learn's own example (maml_miniimagenet.py): its `MiniImagenetCNN`
   (the same Conv4), `MAML.clone()`, `adapt()` per step, `backward()` per task,
   gradients averaged, default allocator.
@@ -51,12 +52,13 @@ def make_tasks(batch: int, device: str):
     return [t.to(device) for t in (support, s_labels, query, q_labels)]
 
 
-def fewshot_step(channels: int, device: str):
+def fewshot_step(channels: int, device: str, batch: int):
     import torch
 
     from fewshot.methods import build_head
     from fewshot.models.conv4 import Conv4
     from fewshot.runtime import keep_freed_memory
+    from fewshot.train.task_workers import TaskWorkers, task_processes
 
     keep_freed_memory()
     torch.manual_seed(0)
@@ -64,15 +66,21 @@ def fewshot_step(channels: int, device: str):
                       ways=WAYS, inner_steps=STEPS, inner_lr=0.5)
     head = head.to(device, memory_format=torch.channels_last)  # as fewshot meta-train does
     opt = torch.optim.Adam(head.parameters(), 1e-3)
-    def step(tasks: list) -> None:  # as fewshot meta-train runs it: backward task by task
+    processes = task_processes(head, torch.device(device), batch, None)
+    workers = TaskWorkers(head, processes) if processes > 1 else None
+
+    def step(tasks: list) -> None:  # as fewshot meta-train runs it
         opt.zero_grad()
-        head.meta_loss(*tasks, backward=True)
+        if workers is not None:
+            workers.meta_backward(*tasks)
+        else:
+            head.meta_loss(*tasks, backward=True)
         opt.step()
 
     return step
 
 
-def learn2learn_step(channels: int, device: str):
+def learn2learn_step(channels: int, device: str, batch: int):
     import warnings
 
     import torch
@@ -106,9 +114,9 @@ def worker(impl: str, batch: int, iters: int, channels: int, device: str) -> Non
     import torch
 
     build = fewshot_step if impl == "fewshot" else learn2learn_step
-    step = build(channels, device)
+    step = build(channels, device, batch)
     tasks = make_tasks(batch, device)
-    step([t[:1] for t in tasks])  # warm-up on one task: one-time allocations, kernels
+    step(tasks)  # warm-up: one-time allocations, kernels, worker processes
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -174,7 +182,8 @@ def render(rows: list, args: argparse.Namespace) -> str:
         "",
         f"Conv4 ({args.channels} channels), {SIZE} px, {WAYS}-way {SHOTS}-shot, {QUERIES} "
         f"queries per class, {STEPS} inner steps, second order, Adam; device {args.device}; "
-        f"{args.iters} timed meta-batches per run after a one-task warm-up, each run in its own "
+        f"{args.iters} timed meta-batches per run after one untimed meta-batch, each run in "
+        f"its own "
         f"process, {args.rounds} interleaved rounds.",
         f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs, shared with other "
         "jobs during the run (absolute numbers vary with its load; compare the ratios, "

@@ -60,6 +60,9 @@ class TrainConfig(Section):
     shots: int = Field(default=5, ge=1)
     queries: int = Field(default=15, ge=1)
     meta_batch: int = Field(default=1, ge=1)
+    task_processes: int | None = Field(default=None, ge=1)
+    """Processes sharing a CPU meta-batch of MAML-family tasks; None: one per core
+    (at most meta_batch), 1: all tasks in this process."""
     episodes: int = Field(default=2000, ge=1)
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=128, ge=1)

@@ -10,6 +10,7 @@ uninterrupted one (on the CPU, with deterministic kernels).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import time
@@ -32,6 +33,7 @@ from fewshot.run import RunDir, restore_training, rng_state
 from fewshot.tracking import PlainProgress, Tracker, console, make_progress
 from fewshot.train.device import StopFlag, pick_device
 from fewshot.train.images import embed, subsample
+from fewshot.train.task_workers import TaskWorkers, task_processes
 from fewshot.train.validate import log_validation, run_validation
 
 PROTOTYPE_IMAGES_PER_CLASS = 1000
@@ -255,7 +257,9 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
         # val classes, the run keeps the encoder it started from.
         validate(0)
     head.train()
-    with StopFlag() as stop, progress:
+    processes = task_processes(head, device, t.meta_batch, t.task_processes)
+    workers = TaskWorkers(head, processes) if processes > 1 else contextlib.nullcontext()
+    with StopFlag() as stop, progress, workers:
         bar = progress.add_task("meta-train", total=t.episodes, completed=state.next_episode,
                                 status="")
         for batch in episodes:
@@ -267,8 +271,12 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
                 query = augment(query.flatten(0, 1)).view_as(query)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, logits = meta_batch_backward(head, support, batch.support_labels, query,
-                                                   batch.query_labels)
+                if isinstance(workers, TaskWorkers):
+                    loss, logits = workers.meta_backward(support, batch.support_labels, query,
+                                                         batch.query_labels)
+                else:
+                    loss, logits = meta_batch_backward(head, support, batch.support_labels,
+                                                       query, batch.query_labels)
             optimizer.step()
             scheduler.step()
             state.next_episode = first + len(batch.episodes)
