@@ -66,6 +66,15 @@ def test_a_failing_task_in_a_worker_is_reported():
         workers.meta_backward(*tasks)
 
 
+def test_a_dead_worker_is_an_error_not_a_hang():
+    model = head(dtype=torch.float32)
+    with TaskWorkers(model, 2) as workers:
+        workers.workers[0].kill()
+        workers.workers[0].join()
+        with pytest.raises(RuntimeError, match="exited"):
+            workers.meta_backward(*meta_batch(2, torch.float32))
+
+
 def test_how_many_processes_share_a_meta_batch():
     cpu = torch.device("cpu")
     maml = head(dtype=torch.float32)

@@ -12,6 +12,7 @@ result does not depend on timing. Off with `train.task_processes: 1`; used on th
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import traceback
 from typing import Any
@@ -63,7 +64,7 @@ class TaskWorkers:
         head.share_memory()
         context = mp.get_context("spawn")
         self.jobs = [context.SimpleQueue() for _ in range(processes - 1)]
-        self.results = context.SimpleQueue()
+        self.results = context.Queue()
         self.workers = [context.Process(target=_worker, daemon=True,
                                         args=(head, self.threads, jobs, self.results))
                         for jobs in self.jobs]
@@ -89,7 +90,7 @@ class TaskWorkers:
             torch.set_num_threads(threads)
             errors = []
             for _ in [s for s in shares[1:] if s]:
-                status, payload = self.results.get()
+                status, payload = self._result()
                 if status == "ok":
                     done += payload
                 else:
@@ -105,6 +106,19 @@ class TaskWorkers:
         head.support_losses = torch.stack([item[3] for item in done]).mean(0)
         return (torch.stack([item[1] for item in done]).mean(),
                 torch.stack([item[2] for item in done]))
+
+    def _result(self) -> tuple[str, Any]:
+        """The next worker result; an error, not a hang, if a worker has died."""
+        while True:
+            try:
+                return self.results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [w for w in self.workers if not w.is_alive()]
+                if dead:
+                    raise RuntimeError(
+                        f"a task worker exited (code {dead[0].exitcode}), perhaps out of "
+                        "memory; set train.task_processes: 1 to run every task in one "
+                        "process") from None
 
     def close(self) -> None:
         for jobs, worker in zip(self.jobs, self.workers, strict=True):
