@@ -139,7 +139,8 @@ class TaskWorkers:
 def task_processes(head: Any, device: torch.device, meta_batch: int,
                    setting: int | None) -> int:
     """How many processes share a meta-batch: 1 (no workers) off the CPU, for heads
-    without a per-task engine, or with one task; else `setting` or one per core pair."""
+    without a per-task engine, or with one task; else `setting` or one per core (at most
+    one per task)."""
     if setting is not None and setting < 1:
         raise UsageError("train.task_processes must be at least 1", str(setting),
                          "leave it unset (automatic) or set 1 to turn workers off")
