@@ -116,10 +116,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps: int)
 
 
 def meta_batch_backward(head: FewShotHead, support: Tensor, support_labels: Tensor,
-                        query: Tensor, query_labels: Tensor) -> tuple[Tensor, Tensor]:
+                        query: Tensor, query_labels: Tensor,
+                        workers: TaskWorkers | None = None) -> tuple[Tensor, Tensor]:
     """Accumulate the meta-gradient of the mean query loss over a meta-batch into `.grad`,
     one task (or vmap chunk) at a time, so peak memory is that of one; returns the
-    detached mean loss and the query logits `[B, NQ, N]`."""
+    detached mean loss and the query logits `[B, NQ, N]`. With `workers` the tasks are
+    shared among their processes."""
+    if workers is not None:
+        return workers.meta_backward(support, support_labels, query, query_labels)
     if hasattr(head, "meta_loss"):
         return head.meta_loss(support, support_labels, query, query_labels, backward=True)
     batch = support.shape[0]
@@ -258,8 +262,8 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
         validate(0)
     head.train()
     processes = task_processes(head, device, t.meta_batch, t.task_processes)
-    workers = TaskWorkers(head, processes) if processes > 1 else contextlib.nullcontext()
-    with StopFlag() as stop, progress, workers:
+    workers = TaskWorkers(head, processes) if processes > 1 else None
+    with StopFlag() as stop, progress, workers or contextlib.nullcontext():
         bar = progress.add_task("meta-train", total=t.episodes, completed=state.next_episode,
                                 status="")
         for batch in episodes:
@@ -271,12 +275,8 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
                 query = augment(query.flatten(0, 1)).view_as(query)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                if isinstance(workers, TaskWorkers):
-                    loss, logits = workers.meta_backward(support, batch.support_labels, query,
-                                                         batch.query_labels)
-                else:
-                    loss, logits = meta_batch_backward(head, support, batch.support_labels,
-                                                       query, batch.query_labels)
+                loss, logits = meta_batch_backward(head, support, batch.support_labels, query,
+                                                   batch.query_labels, workers)
             optimizer.step()
             scheduler.step()
             state.next_episode = first + len(batch.episodes)
