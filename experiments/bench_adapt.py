@@ -32,6 +32,7 @@ from fewshot.data.images import IMAGENET_MEAN, IMAGENET_STD
 from fewshot.methods import build_head
 from fewshot.models import build_backbone
 from fewshot.run import RunDir
+from fewshot.schema import ModelMeta, Prototypes
 
 ROOT = Path(__file__).resolve().parents[1]
 RARE = ["01_macrocyte", "02_microcyte", "07_teardrop", "08_burr_cell", "09_schistocyte"]
@@ -49,13 +50,13 @@ def write_run(path: Path, backbone: str) -> Path:
     path.mkdir(parents=True)
     run = RunDir(path)
     dim = encoder.feature_dim
-    run.save_model(head.state_dict(), {
+    run.save_model(head.state_dict(), ModelMeta(**{
         "kind": "meta-train", "task": "benchmark", "backbone": backbone,
         "backbone_args": BACKBONES[backbone], "image_size": SIZE,
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "feature_dim": dim, "head": "protonet", "head_options": {},
-        "classes": {"base": ["b0", "b1"], "val": [], "novel": RARE}, "metrics": {}})
-    run.save_prototypes(["b0", "b1"], torch.randn(2, dim), torch.randn(dim))
+        "classes": {"base": ["b0", "b1"], "val": [], "novel": RARE}, "metrics": {}}))
+    run.save_prototypes(Prototypes(["b0", "b1"], torch.randn(2, dim), torch.randn(dim)))
     return path
 
 

@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 
 from fewshot.data.tasks import load_task
-from fewshot.evaluate import Models, accuracy_difference, evaluate
-from fewshot.train.device import pick_device
+from fewshot.device import pick_device
+from fewshot.evaluate import Models, evaluate
+from fewshot.metrics import accuracy_difference
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"

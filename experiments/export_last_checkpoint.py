@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
+from fewshot.assembly import load_model
 from fewshot.data.images import Normalize, load_split_images
 from fewshot.data.tasks import load_task
-from fewshot.models.load import load_model
 from fewshot.run import RunDir
-from fewshot.train.meta_train import write_prototypes
+from fewshot.train.loop import base_prototypes
 from fewshot.train.pretrain import PROTOTYPES_PER_CLASS
 
 
@@ -34,15 +34,15 @@ def main() -> None:
     last = {k: v for k, v in weights.items() if k.startswith("encoder.")}
     args.out.mkdir(parents=True, exist_ok=True)
     target = RunDir(args.out)
-    meta["metrics"] = {"val/acc": None, "note": f"last checkpoint of {args.run}, "
-                       f"epoch {state['train']['epoch']} step {state['train']['step']}; "
-                       "not selected by validation"}
+    position = state["train"]["loop"]["position"]
+    meta.metrics = {"val/acc": None, "note": f"last checkpoint of {args.run}, "
+                    f"step {position}; not selected by validation"}
     target.save_model(last, meta)
     model, _ = load_model(target)
-    task = load_task(Path(__file__).resolve().parent.parent / "tasks" / f"{meta['task']}.yaml")
-    images, base = load_split_images(task, "base", meta["image_size"])
-    write_prototypes(target, model.encoder, images, base, Normalize(), torch.device("cpu"),
-                     PROTOTYPES_PER_CLASS)
+    task = load_task(Path(__file__).resolve().parent.parent / "tasks" / f"{meta.task}.yaml")
+    images, base = load_split_images(task, "base", meta.image_size)
+    target.save_prototypes(base_prototypes(model.encoder, images, base, Normalize(),
+                                           torch.device("cpu"), PROTOTYPES_PER_CLASS))
     print(f"wrote {args.out} from {args.run}")
 
 

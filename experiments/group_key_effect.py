@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 
 from fewshot.data.tasks import load_task
+from fewshot.device import pick_device
 from fewshot.evaluate import Models, evaluate
-from fewshot.train.device import pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = ROOT / "tasks" / "blood-rare-rbc.yaml"

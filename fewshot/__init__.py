@@ -9,14 +9,10 @@ Heavy modules (torch, the models) are imported on first use, so `import fewshot`
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-try:
-    __version__ = version("fewshot")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0"
+from fewshot.version import __version__
 
 if TYPE_CHECKING:
     from fewshot.adapt import BaseModel
@@ -36,4 +32,8 @@ def load(path: str | Path | None = None) -> BaseModel | Adapted:
         return Adapted.load(path)
     from fewshot.adapt import BaseModel
 
+    if path is None:
+        from fewshot.quickstart import quickstart_run
+
+        return BaseModel(quickstart_run())
     return BaseModel(path)

@@ -11,56 +11,31 @@ another; an unreadable file is listed, skipped, and the next one taken.
 
 from __future__ import annotations
 
-import inspect
-import math
-import statistics
 import sys
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from fewshot.errors import DataError, FewShotError, UsageError
-from fewshot.run import RUNS, RunDir, resolve_run
-
-CONFUSION_MIN_HELDOUT = 2
-"""A confusion matrix is reported when every class has at least this many held-out images."""
+from fewshot.assembly import load_model, model_transform
+from fewshot.data.files import load_many, sha256_file, try_load
+from fewshot.device import pick_device
+from fewshot.errors import DataError, UsageError
+from fewshot.features import embed
+from fewshot.methods import FewShotHead, parse_head_spec, select_options
+from fewshot.metrics import leave_out_metrics
+from fewshot.report import confusion_table, log_adapt
+from fewshot.run import RunDir, resolve_run
+from fewshot.schema import ModelMeta
 
 
 def warn(message: str) -> None:
     """Warnings print even with --quiet: a file or class is never dropped silently."""
     print(f"warning: {message}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------- reading images
-
-def try_load(path: Path, size: int) -> np.ndarray | str:
-    """uint8 `[C, H, W]` of one image, or the reason it cannot be read."""
-    from fewshot.data.folders import load_tensor
-
-    try:
-        return load_tensor(path, size)
-    except FewShotError as exc:
-        return exc.what
-    except Exception as exc:  # a decoder plug-in may raise anything on a damaged file
-        return f"cannot read image: {type(exc).__name__}: {exc}"
-
-
-def load_many(paths: list[Path], size: int, quiet: bool = True,
-              description: str = "reading images") -> list[np.ndarray | str]:
-    """`try_load` over many files in threads (Pillow releases the GIL), in order."""
-    from fewshot.tracking import track
-
-    if not paths:
-        return []
-    with ThreadPoolExecutor() as pool:
-        return list(track(pool.map(lambda p: try_load(p, size), paths), len(paths),
-                          description, quiet))
 
 
 # ---------------------------------------------------------------- choosing the support
@@ -139,33 +114,21 @@ def select_support(root: str | Path, shots: int, seed: int, image_size: int,
 
 # ---------------------------------------------------------------- adapting a head
 
-def head_accepts(name: str) -> set[str]:
-    """Constructor options a registered head names explicitly."""
-    import fewshot.methods.builtin  # noqa: F401  (registers the built-in heads)
-    from fewshot.methods.base import HEADS
-
-    if name not in HEADS:
-        raise UsageError("unknown method", name, f"choose one of {sorted(HEADS)}")
-    return set(inspect.signature(HEADS[name]).parameters)
-
-
-def default_method(meta: dict[str, Any]) -> str:
+def default_method(meta: ModelMeta) -> str:
     """The head the model was trained with; `simpleshot` for a pretrain-only run."""
-    if meta.get("kind") == "pretrain" or not meta.get("head"):
+    if meta.kind == "pretrain" or not meta.head:
         return "simpleshot"
-    return str(meta["head"])
+    return meta.head
 
 
-def fit_head(head: nn.Module, images: Tensor, labels: Tensor, transform,
+def fit_head(head: FewShotHead, images: Tensor, labels: Tensor, transform,
              device: torch.device, extra_features: Tensor | None = None) -> None:
     """Adapt `head` to uint8 support images; `extra_features` adds one feature vector per
     further class (the base prototypes of --keep-base), labelled after the new classes.
 
-    Feature-based heads see the embedded support (encoder swapped for an identity while
-    they fit), the same path evaluation uses; the others see the normalised images.
+    Feature-based heads see the embedded support (`on_features`), the same path
+    evaluation uses; the others see the normalised images.
     """
-    from fewshot.train.images import embed
-
     head.eval()
     if head.feature_based:
         features = embed(head.encoder, images, transform, device).to(device)
@@ -173,12 +136,8 @@ def fit_head(head: nn.Module, images: Tensor, labels: Tensor, transform,
             start = int(labels.max()) + 1
             features = torch.cat([features, extra_features.to(device, features.dtype)])
             labels = torch.cat([labels, torch.arange(start, start + len(extra_features))])
-        encoder, head.encoder = head.encoder, nn.Identity()
-        try:
-            with torch.no_grad():
-                head.process_support_set(features, labels.to(device))
-        finally:
-            head.encoder = encoder
+        with torch.no_grad(), head.on_features():
+            head.process_support_set(features, labels.to(device))
     else:
         if extra_features is not None:
             raise keep_base_error(head.name)
@@ -191,86 +150,26 @@ def keep_base_error(method: str) -> UsageError:
                       "use --method protonet, simpleshot or linear-probe with --keep-base")
 
 
-# ---------------------------------------------------------------- leave-out scores
-
-def wilson_interval(correct: int, total: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion: sound for small n and for 0% or 100%."""
-    if total == 0:
-        return float("nan"), float("nan")
-    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
-    p = correct / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def leave_out_metrics(true: np.ndarray, pred: np.ndarray, classes: list[str],
-                      new_classes: int) -> dict[str, Any]:
-    """Accuracy with a 95% Wilson CI over held-out images, per-class sensitivity, and
-    the confusion matrix (rows true new class, columns predicted class) when every new
-    class has at least CONFUSION_MIN_HELDOUT held-out images."""
-    total = int(len(true))
-    if total == 0:
-        return {"heldout": 0, "accuracy": None, "ci95": None,
-                "ci_method": "Wilson score interval over held-out images",
-                "note": "no held-out images: put more than --shots images in a class "
-                        "to get a leave-out estimate"}
-    correct = int((true == pred).sum())
-    low, high = wilson_interval(correct, total)
-    per_class = {}
-    for c in range(new_classes):
-        mask = true == c
-        n = int(mask.sum())
-        if n:
-            hits = int((pred[mask] == c).sum())
-            per_class[classes[c]] = {"heldout": n, "correct": hits, "sensitivity": hits / n}
-    metrics: dict[str, Any] = {
-        "heldout": total, "correct": correct, "accuracy": correct / total,
-        "ci95": [low, high], "ci_method": "Wilson score interval over held-out images",
-        "per_class": per_class,
-    }
-    counts = np.bincount(true, minlength=new_classes)[:new_classes]
-    if (counts >= CONFUSION_MIN_HELDOUT).all():
-        matrix = np.zeros((new_classes, len(classes)), dtype=np.int64)
-        np.add.at(matrix, (true, pred), 1)
-        metrics["confusion"] = {"rows": classes[:new_classes], "columns": classes,
-                                "matrix": matrix.tolist()}
-    return metrics
-
-
 # ---------------------------------------------------------------- the base model
-
-def quickstart_run(quiet: bool = False) -> RunDir:
-    """`runs/latest`, else the quickstart model, trained first (with a message)."""
-    if (RUNS / "latest").exists():
-        return resolve_run(None)
-    from fewshot.config import load_config
-    from fewshot.train.meta_train import meta_train
-
-    print("no model at runs/latest: training the quickstart model first "
-          "(fewshot meta-train, a few minutes on a CPU)", file=sys.stderr)
-    return meta_train(load_config(), quiet=quiet)
-
 
 class BaseModel:
     """A trained run directory, ready to adapt: `fewshot.load(RUN_DIR).adapt(DIR, shots=5)`."""
 
     def __init__(self, run: RunDir | str | Path | None = None) -> None:
-        self.run = run if isinstance(run, RunDir) else (
-            quickstart_run() if run is None else resolve_run(run))
+        self.run = run if isinstance(run, RunDir) else resolve_run(run)
         self.meta = self.run.read_meta()
         if not self.run.model_path.is_file():
             raise UsageError("run has no model.safetensors", self.run.path,
                              "pass a run directory written by pretrain or meta-train")
 
     def __repr__(self) -> str:
-        return f"BaseModel({str(self.run.path)!r}, head={self.meta.get('head')!r})"
+        return f"BaseModel({str(self.run.path)!r}, head={self.meta.head!r})"
 
     def adapt(self, folder: str | Path, shots: int = 5, method: str | None = None,
               seed: int = 0, keep_base: bool = False, out: str | Path | None = None,
               score: bool = True, device: str = "cpu", quiet: bool = True):
-        """Adapt to the classes of `folder`; written to `out` when given."""
+        """Adapt to the classes of `folder`; written to `out` when given. `method` is a
+        head name, with options as `NAME:KEY=VALUE[,KEY=VALUE]`."""
         adapted = adapt_folder(self, folder, shots=shots, method=method, seed=seed,
                                keep_base=keep_base, score=score, device=device, quiet=quiet)
         if out is not None:
@@ -278,28 +177,16 @@ class BaseModel:
         return adapted
 
 
-def sha256_file(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def build_for_adapt(base: BaseModel, method: str, seed: int):
+def build_for_adapt(base: BaseModel, method: str, seed: int, options: dict[str, Any]
+                    ) -> tuple[FewShotHead, dict[str, Any]]:
     """The base model's encoder under `method`, and the JSON-able options it was built with
-    (the trained head's options when it is the same head, plus the seed; `load_model`
-    adds the run's base-feature mean for heads that centre on it, restored from the
-    adapted weights as a buffer)."""
-    from fewshot.models.load import load_model
-
-    accepts = head_accepts(method)
-    options: dict[str, Any] = (dict(base.meta.get("head_options", {}))
-                               if method == base.meta.get("head") else {})
-    extra: dict[str, Any] = {}
-    if "seed" in accepts:
-        options["seed"] = extra["seed"] = seed
-    head, _ = load_model(base.run, head=method, **extra)
-    return head, options
+    (the trained head's options when it is the same head, the seed when the head takes
+    one, and the options asked for; `load_model` adds the run's base-feature mean for
+    heads that centre on it, restored from the adapted weights as a buffer)."""
+    given = {**select_options(method, {"seed": seed}), **options}
+    head, _ = load_model(base.run, head=method, **given)
+    trained = dict(base.meta.head_options) if method == base.meta.head else {}
+    return head, {**trained, **given}
 
 
 def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | None = None,
@@ -307,24 +194,23 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
                  device: str = "cpu", quiet: bool = True):
     """Adapt `base` to the classes of `folder` (see the module docstring)."""
     from fewshot.adapted import Adapted
-    from fewshot.data.images import IMAGENET_MEAN, IMAGENET_STD, Normalize
-    from fewshot.train.device import pick_device
 
     meta = base.meta
-    method = method or default_method(meta)
-    head_accepts(method)  # unknown method: exit 2 before reading any image
-    from fewshot.methods.base import HEADS
-
-    # `is not True`: ANIL's feature_based is a per-instance property, and --keep-base
-    # needs a head that takes extra classes as prototypes, which ANIL's classifier is not.
-    if keep_base and HEADS[method].feature_based is not True:
+    method, options = parse_head_spec(method or default_method(meta), "method")  # exit 2 before any image
+    dev = pick_device(device)
+    torch.manual_seed(seed)
+    head, options = build_for_adapt(base, method, seed, options)
+    # --keep-base needs a head that takes extra classes as prototypes: a feature-based one
+    # whose number of ways is not fixed when it is built (ANIL's classifier is).
+    if keep_base and (not head.feature_based or "ways" in head.options()):
         raise keep_base_error(method)
-    size = int(meta["image_size"])
+    size = meta.image_size
     selection = select_support(folder, shots, seed, size, min_classes=1 if keep_base else 2)
     base_names: list[str] = []
     base_prototypes = None
     if base.run.prototypes_path.is_file():
-        base_names, base_prototypes, _ = base.run.load_prototypes()
+        stored = base.run.load_prototypes()
+        base_names, base_prototypes = stored.class_names, stored.prototypes
     elif keep_base:
         base.run.load_prototypes()  # raises the one-line error
     classes = list(selection.classes)
@@ -334,19 +220,14 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
             raise DataError("new class has the name of a base class", selection.root / clash[0],
                             "rename the folder, or drop --keep-base")
         classes += base_names
-    norm = meta.get("normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    transform = Normalize(**norm)
-    dev = pick_device(device)
-    torch.manual_seed(seed)
-    head, options = build_for_adapt(base, method, seed)
     head.to(dev)
     labels = torch.tensor([label for _, label in selection.support])
-    fit_head(head, selection.support_images, labels, transform, dev,
+    fit_head(head, selection.support_images, labels, model_transform(meta), dev,
              base_prototypes if keep_base else None)
     adapted = Adapted(
         head=head, classes=classes, method=method, head_options=options,
-        info={"backbone": meta["backbone"], "backbone_args": meta.get("backbone_args", {}),
-              "image_size": size, "normalization": norm},
+        info={"backbone": meta.backbone, "backbone_args": meta.backbone_args,
+              "image_size": size, "normalization": meta.normalization.model_dump()},
     )
     adapted.provenance = provenance(base, selection, shots, seed, keep_base, base_names)
     if score:
@@ -360,14 +241,14 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     return adapted
 
 
-def adapt_command(folder: Path, shots: int, model: Path | None, method: str | None,
+def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | None,
                   out: Path | None, seed: int, keep_base: bool, device: str,
                   quiet: bool, use_wandb: bool = True, wandb_options: dict | None = None
                   ) -> Path:
     """`fewshot adapt`: adapt, write the adapted folder, print what was measured."""
-    from fewshot.tracking import console
+    from fewshot.progress import console
 
-    base = BaseModel(model if model is not None else quickstart_run(quiet))
+    base = BaseModel(model)
     adapted = adapt_folder(base, folder, shots=shots, method=method, seed=seed,
                            keep_base=keep_base, device=device, quiet=quiet)
     target = out if out is not None else Path("adapted") / Path(folder).resolve().name
@@ -397,47 +278,6 @@ def adapt_command(folder: Path, shots: int, model: Path | None, method: str | No
     return target
 
 
-def log_adapt(adapted, target: Path, quiet: bool, *, project: str = "fewshot",
-              entity: str | None = None, name: str | None = None,
-              log_model: bool = False) -> None:
-    """An `adapt` run in W&B (job_type `adapt`): leave-out accuracy, per-class
-    sensitivity and the confusion matrix as tables; `log_model` adds the adapted folder
-    as an artifact."""
-    from fewshot.tracking import Tracker
-
-    m = adapted.metrics
-    config = {"method": adapted.method, "classes": adapted.classes, "adapted_dir": str(target)}
-    with Tracker(None, job_type="adapt", config=config, quiet=quiet, project=project,
-                 entity=entity, name=name) as tracker:
-        if m.get("heldout"):
-            tracker.log({"adapt/accuracy": m["accuracy"], "adapt/ci95_low": m["ci95"][0],
-                         "adapt/ci95_high": m["ci95"][1], "adapt/heldout": m["heldout"]},
-                        step=0)
-            tracker.log_table("adapt/sensitivity", ["class", "heldout", "sensitivity"],
-                              [[k, v["heldout"], v["sensitivity"]]
-                               for k, v in m["per_class"].items()], step=0)
-        if m.get("confusion"):
-            c = m["confusion"]
-            tracker.log_table("adapt/confusion", ["true", *c["columns"]],
-                              [[r, *row] for r, row in zip(c["rows"], c["matrix"], strict=True)],
-                              step=0)
-        if log_model:
-            tracker.log_artifact(Path(target), name=f"adapted-{Path(target).resolve().name}",
-                                 kind="adapted-model")
-
-
-def confusion_table(confusion: dict[str, Any]):
-    from rich.table import Table
-
-    table = Table(title="held-out confusion (rows: true, columns: predicted)")
-    table.add_column("true \\ predicted")
-    for name in confusion["columns"]:
-        table.add_column(name, justify="right")
-    for name, row in zip(confusion["rows"], confusion["matrix"], strict=True):
-        table.add_row(name, *(str(v) for v in row))
-    return table
-
-
 def provenance(base: BaseModel, selection: Selection, shots: int, seed: int, keep_base: bool,
                base_names: list[str]) -> dict[str, Any]:
     def rel(path: Path) -> str:
@@ -445,8 +285,7 @@ def provenance(base: BaseModel, selection: Selection, shots: int, seed: int, kee
 
     return {
         "base_model": {"path": str(base.run.path), "sha256": sha256_file(base.run.model_path),
-                       "kind": base.meta.get("kind"), "task": base.meta.get("task"),
-                       "head": base.meta.get("head")},
+                       "kind": base.meta.kind, "task": base.meta.task, "head": base.meta.head},
         "new_classes": selection.classes,
         "base_classes": base_names if keep_base else [],
         "keep_base": keep_base, "shots": shots, "seed": seed,

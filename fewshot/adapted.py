@@ -13,7 +13,6 @@ images. adapted.json is written last, so its presence marks a complete directory
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,43 +20,31 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fewshot import __version__
 from fewshot.errors import DataError, UsageError
+from fewshot.methods import FewShotHead
+from fewshot.schema import ADAPTED_JSON, AdaptedMeta, Preprocessing
 
-FORMAT_VERSION = 1
-WEIGHTS, META, CARD = "adapted.safetensors", "adapted.json", "MODEL_CARD.md"
+WEIGHTS, META, CARD = "adapted.safetensors", ADAPTED_JSON, "MODEL_CARD.md"
 
 
 TASK_STATE = "task."
-"""Prefix of the MAML family's per-task state: `_fast` (adapted weights by name),
-`_support` (the normalised support images, whose batch statistics normalise the query
-when the encoder has no stored ones) and `_episode_ways`, plain attributes of
-`fewshot.methods.gbml.GradientMetaHead` after `process_support_set`."""
+"""Prefix of a head's `task_state()` (the MAML family's adapted weights and support set)."""
 
 
-def head_tensors(head: nn.Module) -> dict[str, Tensor]:
+def head_tensors(head: FewShotHead) -> dict[str, Tensor]:
     """All parameters and buffers, the non-persistent ones too (heads keep what they
     computed from the support set, prototypes and centroids, in non-persistent buffers),
-    and the MAML family's per-task state."""
+    and the head's task state."""
     out = {name: p.detach() for name, p in head.named_parameters()}
     out.update({name: b.detach() for name, b in head.named_buffers()})
-    fast = getattr(head, "_fast", None)
-    if isinstance(fast, dict):
-        out.update({f"{TASK_STATE}fast.{k}": v.detach() for k, v in fast.items()})
-        out[f"{TASK_STATE}support"] = head._support.detach()
-        out[f"{TASK_STATE}ways"] = torch.tensor(int(head._episode_ways))
+    out.update({f"{TASK_STATE}{k}": v for k, v in head.task_state().items()})
     return out
 
 
-def restore_task_state(head: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Set the MAML family's per-task state; returns the other tensors."""
-    task = {k.removeprefix(TASK_STATE): v for k, v in tensors.items()
-            if k.startswith(TASK_STATE)}
-    if task:
-        head._fast = {k.removeprefix("fast."): v for k, v in task.items()
-                      if k.startswith("fast.")}
-        head._support = task["support"]
-        head._episode_ways = int(task["ways"])
+def restore_task_state(head: FewShotHead, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Give the head its task state back; returns the other tensors."""
+    head.load_task_state({k.removeprefix(TASK_STATE): v for k, v in tensors.items()
+                          if k.startswith(TASK_STATE)})
     return {k: v for k, v in tensors.items() if not k.startswith(TASK_STATE)}
 
 
@@ -147,8 +134,7 @@ class Adapted:
 
         `reject_below`: the prediction is `unknown` when the top probability is lower.
         """
-        from fewshot.adapt import load_many
-        from fewshot.predict import expand_paths
+        from fewshot.data.files import expand_paths, load_many
 
         files = expand_paths([paths] if isinstance(paths, str | Path) else paths, quiet)
         records: list[dict[str, Any]] = []
@@ -182,31 +168,19 @@ class Adapted:
         return records
 
     # ------------------------------------------------------------ saving and loading
-    def document(self) -> dict[str, Any]:
-        """The content of adapted.json."""
-        return {
-            "format_version": FORMAT_VERSION,
-            "fewshot_version": __version__,
-            "kind": "adapted",
-            "method": self.method,
-            "head_options": self.head_options,
-            "classes": self.classes,
-            "backbone": self.info["backbone"],
-            "backbone_args": self.info.get("backbone_args", {}),
-            "preprocessing": {
-                "image_size": self.image_size,
-                "resize": "bilinear, to a square of image_size",
-                "colour": "3-channel 8-bit RGB by fewshot.data.folders.to_rgb8",
-                "normalization": self.info["normalization"],
-            },
-            **self.provenance,
-            "metrics": self.metrics,
-        }
+    def document(self) -> AdaptedMeta:
+        """The content of adapted.json (validated by its schema as it is built)."""
+        return AdaptedMeta(
+            method=self.method, head_options=self.head_options, classes=self.classes,
+            backbone=self.info["backbone"], backbone_args=self.info.get("backbone_args", {}),
+            preprocessing=Preprocessing(image_size=self.image_size,
+                                        normalization=self.info["normalization"]),
+            **self.provenance, metrics=self.metrics)
 
     def save(self, out: str | Path) -> Path:
         """Write the adapted directory (atomic files; adapted.json last)."""
+        from fewshot.data.files import atomic_write, save_tensors
         from fewshot.model_card import render_card
-        from fewshot.run import atomic_write, save_tensors
 
         out = Path(out)
         if out.exists() and not out.is_dir():
@@ -218,17 +192,16 @@ class Adapted:
         # One metadata key: safetensors writes a metadata map in no fixed order, and the
         # same inputs must give byte-identical weights.
         save_tensors(out / WEIGHTS, head_tensors(self.head), {"format": "fewshot-adapted"})
-        card = render_card(doc)
+        card = render_card(doc.as_json())
         atomic_write(out / CARD, lambda tmp: tmp.write_text(card, encoding="utf-8"))
-        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-        atomic_write(out / META, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        doc.write(out / META)
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> Adapted:
+        from fewshot.data.files import load_tensors
         from fewshot.methods import build_head
         from fewshot.models import build_backbone
-        from fewshot.run import load_tensors
 
         path = Path(path)
         if not path.is_dir():
@@ -237,22 +210,16 @@ class Adapted:
         if not (path / META).is_file():
             raise UsageError("not an adapted model folder (no adapted.json)", path,
                              "pass the folder written by fewshot adapt")
-        try:
-            doc = json.loads((path / META).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"adapted.json is not valid JSON: {exc}", path / META,
-                            "re-run fewshot adapt") from None
-        if doc.get("format_version", 0) > FORMAT_VERSION:
-            raise UsageError("adapted model written by a newer fewshot", path, "upgrade fewshot")
-        prep = doc["preprocessing"]
-        encoder = build_backbone(doc["backbone"], image_size=prep["image_size"],
-                                 **doc.get("backbone_args", {}))
-        head = build_head(doc["method"], encoder, **doc.get("head_options", {}))
+        doc = AdaptedMeta.read(path / META)
+        prep = doc.preprocessing
+        encoder = build_backbone(doc.backbone, image_size=prep.image_size, **doc.backbone_args)
+        head = build_head(doc.method, encoder, **doc.head_options)
         restore_tensors(head, load_tensors(path / WEIGHTS), path / WEIGHTS)
-        info = {"backbone": doc["backbone"], "backbone_args": doc.get("backbone_args", {}),
-                "image_size": prep["image_size"], "normalization": prep["normalization"]}
-        provenance = {k: v for k, v in doc.items() if k not in {
-            "format_version", "fewshot_version", "kind", "method", "head_options", "classes",
-            "backbone", "backbone_args", "preprocessing", "metrics"}}
-        return cls(head, doc["classes"], doc["method"], doc.get("head_options", {}), info,
-                   provenance, doc.get("metrics", {}))
+        info = {"backbone": doc.backbone, "backbone_args": doc.backbone_args,
+                "image_size": prep.image_size, "normalization": prep.normalization.model_dump()}
+        provenance = doc.as_json()
+        for key in ("format_version", "fewshot_version", "kind", "method", "head_options",
+                    "classes", "backbone", "backbone_args", "preprocessing", "metrics"):
+            provenance.pop(key)
+        return cls(head, doc.classes, doc.method, doc.head_options, info, provenance,
+                   doc.metrics)

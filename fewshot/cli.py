@@ -1,4 +1,8 @@
-"""The `fewshot` command line (Typer). Errors are one line; exit codes per CONTRACT.md."""
+"""The `fewshot` command line (Typer): commands parse, call and print.
+
+Errors are one line, `error: <what> (<where>): <how to fix>`; exit codes: 0 success, 1 the
+inputs have problems, 2 the command cannot start as asked, 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fewshot import __version__
 from fewshot.errors import FewShotError, UsageError
+from fewshot.version import __version__
 
 app = typer.Typer(
     name="fewshot",
@@ -164,7 +168,7 @@ def wandb_names(project: str | None, entity: str | None, name: str | None) -> di
 @contextmanager
 def resumable(command: str) -> Iterator[None]:
     """Ctrl-C during training: the loop saved a checkpoint; say how to resume, exit 130."""
-    from fewshot.train.meta_train import Interrupted
+    from fewshot.train.loop import Interrupted
 
     try:
         yield
@@ -218,8 +222,7 @@ def meta_train_cmd(
         result = meta_train(cfg, out=out, resume=run, data_root=data_root,
                             config_dir=config_dir, use_wandb=wandb, log_model=log_model,
                             quiet=quiet)
-    meta = result.read_meta()
-    best = meta["metrics"].get("val/acc")
+    best = result.read_meta().metrics.get("val/acc")
     screen.print(f"model written to {result.path}"
               + (f" (val accuracy {100 * best:.2f}%)" if best is not None else ""))
     if not quiet:
@@ -245,7 +248,7 @@ def pretrain_cmd(
     with resumable("pretrain"):
         result = pretrain(cfg, out=out, resume=run, data_root=data_root, config_dir=config_dir,
                           use_wandb=wandb, log_model=log_model, quiet=quiet)
-    best = result.read_meta()["metrics"].get("val/acc")
+    best = result.read_meta().metrics.get("val/acc")
     screen.print(f"model written to {result.path}"
                  + (f" (val nearest-centroid accuracy {100 * best:.2f}%)" if best else ""))
     if not quiet:
@@ -258,21 +261,30 @@ def evaluate_cmd(
     model: Annotated[list[str], _opt("--model", "-m", metavar="RUN_DIR", help="A run "
                                      "directory, 'pixels' or 'random:<backbone>' (repeatable; "
                                      "the first pair is the reference).")],
-    task: Annotated[str, _opt("--task", "-t", metavar="FILE", help="Task YAML file.")],
-    head: Annotated[list[str] | None, _opt("--head", metavar="NAME", help="Head (repeatable; "
-                                           "pairs with --model in order). Default: the "
-                                           "model's own head.")] = None,
-    split: Annotated[str, _opt("--split", metavar="SPLIT", help="base, val or novel.")] = "novel",
-    ways: Annotated[int, _opt("--ways", min=2, metavar="N", help="Classes per episode.")] = 5,
-    shots: Annotated[int, _opt("--shots", min=1, metavar="K", help="Support images per "
-                               "class.")] = 5,
-    queries: Annotated[int, _opt("--queries", min=1, metavar="Q", help="Query images per "
-                                 "class.")] = 15,
-    episodes: Annotated[int, _opt("--episodes", min=1, metavar="E", help="Episodes.")] = 600,
+    task: Annotated[str | None, _opt("--task", "-t", metavar="FILE", help="Task YAML file "
+                                     "(default: the --config file's data.task).")] = None,
+    head: Annotated[list[str] | None, _opt("--head", metavar="NAME[:K=V,...]", help="Head, "
+                                           "with options as NAME:KEY=VALUE[,KEY=VALUE] "
+                                           "(repeatable; pairs with --model in order). "
+                                           "Default: the model's own head.")] = None,
+    config: Annotated[Path | None, _opt("--config", "-c", metavar="FILE", help="Take the "
+                                        "defaults of the options below from this config's "
+                                        "eval section.")] = None,
+    split: Annotated[str | None, _opt("--split", metavar="SPLIT", help="base, val or novel "
+                                      "[default: novel].")] = None,
+    ways: Annotated[int | None, _opt("--ways", min=2, metavar="N", help="Classes per episode "
+                                     "[default: 5].")] = None,
+    shots: Annotated[int | None, _opt("--shots", min=1, metavar="K", help="Support images per "
+                                      "class [default: 5].")] = None,
+    queries: Annotated[int | None, _opt("--queries", min=1, metavar="Q", help="Query images "
+                                        "per class [default: 15].")] = None,
+    episodes: Annotated[int | None, _opt("--episodes", min=1, metavar="E",
+                                         help="Episodes [default: 600].")] = None,
     slow_episodes: Annotated[int | None, _opt(
         "--slow-episodes", min=1, metavar="E", help="Episodes for heads that re-run the "
         "encoder (finetune, MAML family); default 100 on CPU, all on GPU.")] = None,
-    seed: Annotated[int, _opt("--seed", metavar="S", help="Episode seed.")] = 0,
+    seed: Annotated[int | None, _opt("--seed", metavar="S", help="Episode seed "
+                                     "[default: 0].")] = None,
     max_per_class: Annotated[int | None, _opt(
         "--max-per-class", min=1, metavar="N", help="Draw episodes from a seeded pool of at "
         "most N images per class (bounded CPU runs).")] = None,
@@ -286,12 +298,23 @@ def evaluate_cmd(
     macro-F1, balanced accuracy, AUROC, per-class sensitivity, paired differences."""
     import json
 
-    from fewshot.evaluate import evaluate, log_results, results_table, sensitivity_table
+    from fewshot.config import Config, load_config
+    from fewshot.evaluate import evaluate
+    from fewshot.report import log_results, results_table, sensitivity_table
 
-    result = evaluate(model, head or [], task, split=split, ways=ways, shots=shots,
-                      queries=queries, episodes=episodes, seed=seed, data_root=data_root,
-                      device=device or "auto", slow_episodes=slow_episodes,
-                      max_per_class=max_per_class, quiet=quiet)
+    cfg = load_config(config) if config is not None else Config()
+    if task is None:
+        if config is None:
+            raise UsageError("no task to evaluate on", "--task",
+                             "pass --task FILE, or --config FILE whose data.task names one")
+        task = cfg.data.task
+    e = cfg.eval
+    result = evaluate(model, head or [], task, split=split or e.split, ways=ways or e.ways,
+                      shots=shots or e.shots, queries=queries or e.queries,
+                      episodes=episodes or e.episodes, seed=e.seed if seed is None else seed,
+                      data_root=data_root, device=device or "auto", slow_episodes=slow_episodes,
+                      max_per_class=max_per_class, quiet=quiet,
+                      relative_to=config.parent if config is not None else None)
     wide = Console(highlight=False, width=max(screen.width, 140))  # whole numbers in pipes
     wide.print(results_table(result))
     if not quiet:
@@ -311,8 +334,10 @@ def adapt_cmd(
                                        "(at most); the rest are held out and scored.")],
     model: Annotated[Path | None, typer.Option("--model", help="Run directory (default "
                                                "runs/latest, else the quickstart model).")] = None,
-    method: Annotated[str | None, typer.Option("--method", help="Head to adapt with "
-                                               "(default: the model's own).")] = None,
+    method: Annotated[str | None, typer.Option("--method", metavar="NAME[:K=V,...]",
+                                               help="Head to adapt with, options as "
+                                               "NAME:KEY=VALUE[,KEY=VALUE] (default: the "
+                                               "model's own).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Adapted model folder "
                                              "(default adapted/<DIR name>).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the support choice.")] = 0,
@@ -327,8 +352,10 @@ def adapt_cmd(
     """Adapt a trained model to the classes of DIR from at most --shots images each, score
     every other image (leave-out accuracy with a 95% CI) and write the adapted model."""
     from fewshot.adapt import adapt_command
+    from fewshot.quickstart import quickstart_run
 
-    adapt_command(folder, shots, model=model, method=method, out=out, seed=seed,
+    base = model if model is not None else quickstart_run(quiet)
+    adapt_command(folder, shots, model=base, method=method, out=out, seed=seed,
                   keep_base=keep_base, device=device, quiet=quiet,
                   use_wandb=wandb is not False,
                   wandb_options={"log_model": log_model,
@@ -387,7 +414,7 @@ def _click_error(exc: BaseException) -> int | None:
 
 
 def main() -> None:
-    """Console entry point: maps failures to one-line errors and CONTRACT.md exit codes."""
+    """Console entry point: maps failures to one-line errors and their exit codes."""
     debug = os.environ.get("FEWSHOT_DEBUG") == "1"
     try:
         code = app(standalone_mode=False)

@@ -6,16 +6,14 @@ can be read by the other and every key is checked before any work starts.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fewshot.data.files import packaged
 from fewshot.errors import UsageError
-
-HEADS = ("protonet", "simpleshot", "linear-probe", "finetune", "maml", "fomaml", "anil", "metasgd")
 
 
 class Section(BaseModel):
@@ -41,7 +39,13 @@ class ModelConfig(Section):
 
 
 class MethodConfig(Section):
-    head: Literal[HEADS] = "protonet"  # type: ignore[valid-type]
+    """The head and its options. Only options the chosen head declares may be set (a
+    plugin head's own options included); the typed ones below are the built-in heads'."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    head: str = "protonet"
+    """Any registered head (`fewshot list heads`)."""
     distance: Literal["euclidean", "cosine"] = "euclidean"
     inner_steps: int = Field(default=5, ge=0)
     inner_lr: float = Field(default=0.01, gt=0)
@@ -53,6 +57,19 @@ class MethodConfig(Section):
     steps: int = Field(default=100, ge=1)
     """Optimisation steps of test-time heads (linear-probe, finetune)."""
     lr: float = Field(default=0.01, gt=0)
+
+    def given(self) -> dict[str, Any]:
+        """The options set in the config or by --set (not the defaults)."""
+        names = (self.model_fields_set | set(self.model_extra or {})) - {"head"}
+        return {name: getattr(self, name) for name in names}
+
+    def head_options(self) -> dict[str, Any]:
+        """The values, defaults included, of the options the chosen head declares."""
+        from fewshot.methods import head_class
+
+        declared = head_class(self.head).options()
+        values = {**self.model_dump(exclude={"head"}), **(self.model_extra or {})}
+        return {k: v for k, v in values.items() if k in declared}
 
 
 class TrainConfig(Section):
@@ -84,6 +101,8 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
+    """Defaults of `fewshot evaluate --config FILE` (its options override them)."""
+
     split: Literal["base", "val", "novel"] = "novel"
     ways: int = Field(default=5, ge=2)
     shots: int = Field(default=5, ge=1)
@@ -110,12 +129,10 @@ class Config(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-
-def packaged(name: str) -> Path:
-    """Path of a file shipped in `fewshot/resources` (quickstart config, task, sample)."""
-    return Path(str(resources.files("fewshot") / "resources" / name))
+        """The resolved config; the method section holds the chosen head's options only."""
+        data = self.model_dump(mode="json")
+        data["method"] = {"head": self.method.head, **self.method.head_options()}
+        return data
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -152,8 +169,10 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 
 def validate(data: dict[str, Any], source: object = "config") -> Config:
+    from fewshot.methods import check_options, head_class
+
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
@@ -162,6 +181,15 @@ def validate(data: dict[str, Any], source: object = "config") -> Config:
                 f"unknown config key in {source}", key, "remove it or check its spelling"
             ) from None
         raise UsageError(f"invalid config value in {source}", key, err["msg"]) from None
+    head_class(config.method.head)  # an unknown head names the registered ones
+    given = config.method.given()
+    try:
+        check_options(config.method.head, given, f"method.* in {source}")
+    except UsageError as exc:
+        unknown = sorted(set(given) - set(head_class(config.method.head).options()))[0]
+        raise UsageError(f"unknown config key in {source} for head '{config.method.head}'",
+                         f"method.{unknown}", exc.fix) from None
+    return config
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -172,7 +200,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for assignment in overrides or []:
         apply_override(data, assignment)
     return validate(data, source if not overrides else "config or --set")
-
-
-def dump_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

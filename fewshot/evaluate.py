@@ -1,4 +1,4 @@
-"""The evaluation protocol (CONTRACT.md): seeded N-way K-shot episodes of a split, scored
+"""The evaluation protocol: seeded N-way K-shot episodes of a split, scored
 for one or more (model, head) pairs on the very same episodes.
 
 Per episode: accuracy, macro-F1, balanced accuracy and macro one-vs-rest AUROC, averaged
@@ -22,8 +22,6 @@ CPU runs; recorded in the JSON).
 
 from __future__ import annotations
 
-import inspect
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,62 +30,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fewshot.assembly import load_model, model_transform
 from fewshot.data.episodes import EpisodeSampler, episode_labels
 from fewshot.data.images import Normalize, decode_all, load_split_images
 from fewshot.data.tasks import SplitData, Task, load_task
+from fewshot.device import pick_device
 from fewshot.errors import UsageError
-from fewshot.methods import FewShotHead, build_head
-from fewshot.tracking import PlainProgress, console, make_progress
-from fewshot.train.device import pick_device
-from fewshot.train.images import embed, subsample
+from fewshot.features import embed, subsample
+from fewshot.methods import FewShotHead, build_head, parse_head_spec, select_options
+from fewshot.metrics import accuracy_difference, episode_metrics, mean_ci
+from fewshot.models import build_backbone
+from fewshot.progress import PlainProgress, console, make_progress
+from fewshot.run import RunDir
 
 SLOW_EPISODES_CPU = 100
 BASE_MEAN_PER_CLASS = 50
 """Base images per class embedded for the centring mean of models without prototypes."""
-CI_Z = 1.96
-
-
-def mean_ci(values: np.ndarray) -> tuple[float, float]:
-    """Mean and 95% CI half-width 1.96·std(ddof=1)/√E (0 for a single value)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()), 0.0
-    return float(values.mean()), float(CI_Z * values.std(ddof=1) / math.sqrt(len(values)))
-
-
-# ---------------------------------------------------------------- per-episode metrics
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """One-vs-rest AUROC by the rank-sum (Mann-Whitney) formula, ties averaged."""
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    average_rank = np.cumsum(counts) - (counts - 1) / 2.0
-    ranks = average_rank[inverse]
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def episode_metrics(logits: Tensor, labels: Tensor, ways: int) -> dict[str, Any]:
-    """Accuracy, macro-F1, balanced accuracy, macro OvR AUROC and per-class hits."""
-    probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
-    y = labels.cpu().numpy()
-    pred = logits.argmax(-1).cpu().numpy()
-    f1s, recalls, aucs, hits, totals = [], [], [], [], []
-    for c in range(ways):
-        tp = int(((pred == c) & (y == c)).sum())
-        fp = int(((pred == c) & (y != c)).sum())
-        fn = int(((pred != c) & (y == c)).sum())
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-        recalls.append(tp / (tp + fn) if tp + fn else 0.0)
-        aucs.append(auroc(probs[:, c], y == c))
-        hits.append(tp)
-        totals.append(tp + fn)
-    return {"accuracy": float((pred == y).mean()), "macro_f1": float(np.mean(f1s)),
-            "balanced_accuracy": float(np.mean(recalls)), "auroc": float(np.nanmean(aucs)),
-            "hits": hits, "totals": totals}
-
-
 # ---------------------------------------------------------------- models
 @dataclass
 class Candidate:
@@ -127,19 +85,6 @@ def pair_up(models: list[str], heads: list[str]) -> list[tuple[str, str | None]]
     return list(zip(models, heads, strict=True))
 
 
-def accepted(head_name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The options a head's constructor takes (all of them if it takes **kwargs)."""
-    from fewshot.methods.base import HEADS
-
-    build_head("protonet", nn.Identity())  # registers the built-in heads
-    if head_name not in HEADS:
-        raise UsageError("unknown head", head_name, f"choose one of {sorted(HEADS)}")
-    params = inspect.signature(HEADS[head_name]).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return options
-    return {k: v for k, v in options.items() if k in params}
-
-
 class Models:
     """Builds each `--model` once and caches its encoder, base mean and split features."""
 
@@ -162,12 +107,13 @@ class Models:
             self.images[size] = (images, data)
         return self.images[size]
 
-    def build(self, spec: str, head_name: str | None,
+    def build(self, spec: str, head_name: str | None, context: dict[str, Any],
               options: dict[str, Any]) -> tuple[FewShotHead, int, Normalize]:
-        """(head on the model's encoder, image size, normalisation) of one `--model`."""
-        if spec == "pixels" or spec.startswith("random:"):
-            from fewshot.models import build_backbone
+        """(head on the model's encoder, image size, normalisation) of one `--model`.
 
+        `context` is offered to any head (it takes what it declares: a seed, the base
+        mean); `options` were asked for by name and must all be declared."""
+        if spec == "pixels" or spec.startswith("random:"):
             name = head_name or "simpleshot"
             size = self.task.image_size
             torch.manual_seed(self.seed)
@@ -176,20 +122,16 @@ class Models:
             if spec not in self.base_means:
                 self.base_means[spec] = self.base_mean(encoder.to(self.device).eval(), size,
                                                        normalize)
-            opts = {"base_mean": self.base_means[spec], **options}
-            head = build_head(name, encoder, **accepted(name, opts))
+            offered = select_options(name, {**context, "base_mean": self.base_means[spec]})
+            head = build_head(name, encoder, **offered, **options)
         else:
-            from fewshot.models.load import load_model
-            from fewshot.run import RunDir
-
             if not Path(spec).is_dir():
                 raise UsageError("model not found", spec,
                                  "pass a run directory, 'pixels' or 'random:<backbone>'")
-            name = head_name or RunDir(spec).read_meta().get("head") or "simpleshot"
-            head, meta = load_model(spec, head=name, **accepted(name, options))
-            size = int(meta["image_size"])
-            norm = meta.get("normalization") or meta.get("normalisation") or {}
-            normalize = Normalize(norm["mean"], norm["std"]) if norm else Normalize()
+            name = head_name or RunDir(spec).read_meta().head or "simpleshot"
+            head, meta = load_model(spec, head=name, **select_options(name, context), **options)
+            size = meta.image_size
+            normalize = model_transform(meta)
         return head.to(self.device).eval(), size, normalize
 
     def base_mean(self, encoder: nn.Module, size: int, normalize: Normalize) -> Tensor | None:
@@ -217,27 +159,30 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
              seed: int = 0, data_root: str | None = None, device: str = "auto",
              slow_episodes: int | None = None, head_options: dict[str, Any] | None = None,
              max_per_class: int | None = None, cache: Models | None = None,
-             quiet: bool = False) -> dict[str, Any]:
+             relative_to: Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """Score every (model, head) pair on the same seeded episodes; returns the JSON dict.
 
     `cache` (a `Models` of the same task, split, seed and pool) reuses features across
     calls, e.g. 1-shot and 5-shot on one embedding."""
-    from fewshot import __version__
+    from fewshot.version import __version__
 
     if split not in ("base", "val", "novel"):
         raise UsageError("unknown split", split, "use base, val or novel")
     dev = pick_device(device)
     if cache is None:
-        cache = Models(load_task(task, data_root), split, seed, dev, quiet, max_per_class)
+        cache = Models(load_task(task, data_root, relative_to=relative_to), split, seed, dev,
+                       quiet, max_per_class)
     loaded = cache.task
     if slow_episodes is None:
         slow_episodes = episodes if dev.type == "cuda" else SLOW_EPISODES_CPU
     candidates: list[Candidate] = []
-    for spec, head_name in pair_up(models, heads):
-        options = {"seed": seed, **(head_options or {})}
-        head, size, normalize = cache.build(spec, head_name, options)
+    for spec, head_spec in pair_up(models, heads):
+        head_name, options = parse_head_spec(head_spec) if head_spec else (None, {})
+        context = {"seed": seed, **(head_options or {})}
+        head, size, normalize = cache.build(spec, head_name, context, options)
         count = episodes if head.feature_based else min(episodes, slow_episodes)
-        candidates.append(Candidate(spec, head.name, head, size, normalize, count))
+        label = head.name + "".join(f":{k}={v}" for k, v in options.items())
+        candidates.append(Candidate(spec, label, head, size, normalize, count))
         if count < episodes and not quiet:
             console.print(f"note: {head.name} re-runs the encoder every step, so it is scored "
                           f"on the first {count} of the {episodes} episodes (--slow-episodes)")
@@ -250,7 +195,6 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         if c.head.feature_based:  # embed once per model; the head then sees features only
             features[i] = cache.split_features(c.model, c.head.encoder, c.image_size,
                                                c.normalize)
-            c.head.encoder = nn.Identity()
     support_labels = episode_labels(ways, shots, dev)
     query_labels = episode_labels(ways, sampler.queries, dev)
 
@@ -274,7 +218,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         "fewshot_version": __version__,
         "task": loaded.name, "split": split, "ways": ways, "shots": shots,
         "queries": sampler.queries, "episodes": episodes, "seed": seed,
-        "protocol": "inductive", "max_per_class": max_per_class,
+        "protocol": overall_protocol(candidates), "max_per_class": max_per_class,
         "results": [summarise(c) for c in candidates],
         "paired": [paired(candidates[0], c) for c in candidates[1:]],
     }
@@ -286,7 +230,7 @@ def run_episode(c: Candidate, ep, features: Tensor | None, cache: Models,
     if features is not None:
         support_index = torch.from_numpy(ep.support).to(features.device)
         query_index = torch.from_numpy(ep.query).to(features.device)
-        with torch.no_grad():
+        with torch.no_grad(), c.head.on_features():
             c.head.process_support_set(features[support_index], support_labels)
             return c.head(features[query_index])
     images, _ = cache.split_images(c.image_size)
@@ -295,6 +239,12 @@ def run_episode(c: Candidate, ep, features: Tensor | None, cache: Models,
     c.head.process_support_set(support, support_labels)  # may train: gradients allowed
     with torch.no_grad():
         return c.head(query)
+
+
+def overall_protocol(candidates: list[Candidate]) -> str:
+    """`inductive` or `transductive` when every pair agrees, else `mixed`."""
+    protocols = {c.head.protocol for c in candidates}
+    return protocols.pop() if len(protocols) == 1 else "mixed"
 
 
 def record(c: Candidate, metrics: dict[str, Any], names: list[str]) -> None:
@@ -306,7 +256,8 @@ def record(c: Candidate, metrics: dict[str, Any], names: list[str]) -> None:
 
 
 def summarise(c: Candidate) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": c.model, "head": c.head_name, "episodes": len(c.accuracy)}
+    out: dict[str, Any] = {"model": c.model, "head": c.head_name, "protocol": c.head.protocol,
+                           "episodes": len(c.accuracy)}
     for key in ("accuracy", "macro_f1", "balanced_accuracy", "auroc"):
         mean, ci = mean_ci(np.asarray(getattr(c, key)))
         out[key] = {"mean": mean, "ci95": ci}
@@ -316,90 +267,8 @@ def summarise(c: Candidate) -> dict[str, Any]:
     return out
 
 
-def accuracy_difference(reference: list[float], other: list[float]) -> dict[str, Any]:
-    """Mean per-episode accuracy difference (other − reference) with its 95% CI, on the
-    episodes both have (a shorter run's are the first episodes of the longer one's)."""
-    n = min(len(reference), len(other))
-    mean, ci = mean_ci(np.asarray(other[:n]) - np.asarray(reference[:n]))
-    return {"episodes": n, "mean": mean, "ci95": ci}
-
-
 def paired(reference: Candidate, other: Candidate) -> dict[str, Any]:
     """The paired difference of two pairs scored in one evaluation."""
     d = accuracy_difference(reference.accuracy, other.accuracy)
     return {"reference": reference.label, "other": other.label, "episodes": d["episodes"],
             "accuracy_difference": {"mean": d["mean"], "ci95": d["ci95"]}}
-
-
-def results_table(result: dict[str, Any]):
-    """A rich table of the results (percentages) with paired differences."""
-    from rich.table import Table
-
-    title = (f"{result['task']} / {result['split']}: {result['ways']}-way {result['shots']}-shot,"
-             f" {result['queries']} queries, seed {result['seed']}")
-    table = Table(title=title)
-    for column in ("model", "head", "episodes", "accuracy %", "macro-F1 %", "balanced acc %",
-                   "AUROC %", "Δ acc vs first"):
-        table.add_column(column, justify="left" if column in ("model", "head") else "right")
-    diffs = {p["other"]: p for p in result["paired"]}
-
-    def pct(entry: dict[str, float]) -> str:
-        return f"{100 * entry['mean']:.2f} ± {100 * entry['ci95']:.2f}"
-
-    for r in result["results"]:
-        label = f"{r['model']} + {r['head']}"
-        d = diffs.get(label)
-        delta = (f"{100 * d['accuracy_difference']['mean']:+.2f} ± "
-                 f"{100 * d['accuracy_difference']['ci95']:.2f}") if d else "-"
-        table.add_row(r["model"], r["head"], str(r["episodes"]), pct(r["accuracy"]),
-                      pct(r["macro_f1"]), pct(r["balanced_accuracy"]), pct(r["auroc"]), delta)
-    return table
-
-
-def sensitivity_table(result: dict[str, Any]):
-    from rich.table import Table
-
-    table = Table(title="per-class sensitivity % (pooled over episodes)")
-    table.add_column("class")
-    for r in result["results"]:
-        table.add_column(f"{r['model']} + {r['head']}", justify="right")
-    names = sorted({n for r in result["results"] for n in r["per_class_sensitivity"]})
-    for name in names:
-        table.add_row(name, *[f"{100 * r['per_class_sensitivity'].get(name, float('nan')):.1f}"
-                              for r in result["results"]])
-    return table
-
-
-def log_results(result: dict[str, Any], use_wandb: bool, quiet: bool, *,
-                project: str = "fewshot", entity: str | None = None, name: str | None = None,
-                log_model: bool = False) -> None:
-    """An `evaluate` run in W&B (job_type `evaluate`): the results and paired differences
-    as tables; `log_model` adds each scored run directory as a model artifact."""
-    from fewshot.tracking import Tracker
-
-    if not use_wandb:
-        return
-    config = {k: v for k, v in result.items() if k not in ("results", "paired")}
-    with Tracker(None, job_type="evaluate", config=config, quiet=quiet, project=project,
-                 entity=entity, name=name) as tracker:
-        columns = ["model", "head", "episodes", "accuracy", "accuracy_ci95", "macro_f1",
-                   "balanced_accuracy", "auroc"]
-        rows = [[r["model"], r["head"], r["episodes"], r["accuracy"]["mean"],
-                 r["accuracy"]["ci95"], r["macro_f1"]["mean"],
-                 r["balanced_accuracy"]["mean"], r["auroc"]["mean"]] for r in result["results"]]
-        tracker.log_table("test/results", columns, rows, step=0)
-        tracker.log_table("test/paired", ["reference", "other", "episodes", "difference",
-                                          "difference_ci95"],
-                          [[p["reference"], p["other"], p["episodes"],
-                            p["accuracy_difference"]["mean"], p["accuracy_difference"]["ci95"]]
-                           for p in result["paired"]], step=0)
-        for r in result["results"]:
-            tracker.log_table(f"test/sensitivity/{r['model']}+{r['head']}",
-                              ["class", "sensitivity"],
-                              [[k, v] for k, v in r["per_class_sensitivity"].items()], step=0)
-        tracker.summary({f"test/{r['model']}+{r['head']}/accuracy": r["accuracy"]["mean"]
-                         for r in result["results"]})
-        if log_model:
-            for model in dict.fromkeys(r["model"] for r in result["results"]):
-                if Path(model).is_dir():  # not 'pixels' or 'random:<backbone>'
-                    tracker.log_artifact(Path(model), name=f"model-{Path(model).resolve().name}")

@@ -17,29 +17,6 @@ from typing import Any
 from fewshot.errors import UsageError
 
 
-def expand_paths(paths: list[str | Path], quiet: bool = True) -> list[Path]:
-    """Files as given; folders read recursively for image files (sorted, hidden files
-    left out). A path that does not exist stops the command (exit 2) before any work."""
-    from fewshot.data.folders import list_class_files
-
-    files: list[Path] = []
-    ignored = 0
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            images, others = list_class_files(path)
-            files.extend(images)
-            ignored += len(others)
-        elif path.exists():
-            files.append(path)
-        else:
-            raise UsageError("path not found", path, "pass image files or folders of images")
-    if ignored and not quiet:
-        print(f"note: {ignored} file(s) in the folders given are not images by extension "
-              "and were not read", file=sys.stderr)
-    return files
-
-
 def flat_rows(records: list[dict[str, Any]], classes: list[str], top_k: int
               ) -> tuple[list[str], list[dict[str, Any]]]:
     """Column names and one flat row per record (the CSV and JSON layout)."""
@@ -80,7 +57,7 @@ def predict_command(adapted_dir: Path, paths: list[Path], out: Path | None, fmt:
                     top_k: int | None, reject_below: float | None, quiet: bool) -> int:
     """`fewshot predict`: write the rows; returns how many files could not be read."""
     from fewshot.adapted import Adapted
-    from fewshot.run import atomic_write
+    from fewshot.data.files import atomic_write
 
     model = Adapted.load(adapted_dir)
     if reject_below is not None and "unknown" in model.classes:

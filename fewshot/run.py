@@ -1,4 +1,4 @@
-"""Run directories (CONTRACT.md): everything a run writes, and how it is read back.
+"""Run directories: everything a run writes, and how it is read back.
 
     runs/<name>/config.yaml                 resolved config
     runs/<name>/model.safetensors           best weights (encoder.* and head.* keys)
@@ -15,60 +15,22 @@ file; loading never executes code (safetensors, `torch.load(weights_only=True)`)
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from fewshot import __version__
-from fewshot.errors import DataError, UsageError
+from fewshot.data.files import atomic_write, load_tensors, save_tensors
+from fewshot.errors import UsageError
+from fewshot.schema import FORMAT_VERSION, MODEL_JSON, PROTOTYPES, ModelMeta, Prototypes
+from fewshot.version import __version__
 
-FORMAT_VERSION = 1
 RUNS = Path("runs")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide runs from other users
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
-                 ) -> None:
-    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
-
-
-def load_tensors(path: Path) -> dict[str, Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise DataError(f"cannot read weights: {exc}", path, "the file is damaged; "
-                        "re-run the command that wrote it") from None
 
 
 def git_commit() -> str | None:
@@ -123,15 +85,11 @@ class RunDir:
 
     @property
     def meta_path(self) -> Path:
-        return self.path / "model.json"
+        return self.path / MODEL_JSON
 
     @property
     def prototypes_path(self) -> Path:
-        return self.path / "prototypes.safetensors"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / PROTOTYPES
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -145,21 +103,18 @@ class RunDir:
         text = yaml.safe_dump(data, sort_keys=False)
         atomic_write(self.config_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
-    def save_model(self, weights: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    def save_model(self, weights: dict[str, Tensor], meta: ModelMeta) -> None:
         """Best model: weights first, then model.json (its presence marks a usable model)."""
         save_tensors(self.model_path, weights, {"format": "fewshot"})
         self.write_meta(meta)
 
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        full = {"format_version": FORMAT_VERSION, "fewshot_version": __version__,
-                "git_commit": git_commit(), **meta}
-        text = json.dumps(full, indent=2, sort_keys=False)
-        atomic_write(self.meta_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    def write_meta(self, meta: ModelMeta) -> None:
+        meta.format_version, meta.fewshot_version = FORMAT_VERSION, __version__
+        meta.git_commit = git_commit()
+        meta.write(self.meta_path)
 
-    def save_prototypes(self, class_names: list[str], prototypes: Tensor,
-                        base_mean: Tensor) -> None:
-        save_tensors(self.prototypes_path, {"prototypes": prototypes, "base_mean": base_mean},
-                     {"class_names": json.dumps(class_names)})
+    def save_prototypes(self, prototypes: Prototypes) -> None:
+        prototypes.save(self.prototypes_path)
 
     def save_checkpoint(self, weights: dict[str, Tensor], state: dict[str, Any]) -> None:
         """Latest weights and training state, committed together: both files are written
@@ -185,31 +140,20 @@ class RunDir:
         return None
 
     # reading
-    def read_meta(self) -> dict[str, Any]:
+    def read_meta(self) -> ModelMeta:
         if not self.meta_path.is_file():
             raise UsageError("not a fewshot run directory (no model.json)", self.path,
                              "pass a directory written by pretrain or meta-train")
-        meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise UsageError("run directory written by a newer fewshot", self.path,
-                             "upgrade fewshot")
-        return meta
+        return ModelMeta.read(self.meta_path)
 
     def load_weights(self) -> dict[str, Tensor]:
         return load_tensors(self.model_path)
 
-    def load_prototypes(self) -> tuple[list[str], Tensor, Tensor]:
-        from safetensors import safe_open
-
+    def load_prototypes(self) -> Prototypes:
         if not self.prototypes_path.is_file():
             raise UsageError("run has no prototypes.safetensors", self.path,
                              "use a run written by pretrain or meta-train")
-        with safe_open(str(self.prototypes_path), "pt") as handle:
-            names = json.loads(handle.metadata()["class_names"])
-            return names, handle.get_tensor("prototypes"), handle.get_tensor("base_mean")
-
-    def has_checkpoint(self) -> bool:
-        return self._complete_checkpoint() is not None
+        return Prototypes.load(self.prototypes_path)
 
     def load_checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         folder = self._complete_checkpoint()

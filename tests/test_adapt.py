@@ -15,16 +15,18 @@ from safetensors.torch import load_file
 
 import fewshot
 from conftest import make_folder, run_cli
-from fewshot.adapt import BaseModel, select_support, wilson_interval
+from fewshot.adapt import BaseModel, select_support
 from fewshot.adapted import Adapted
 from fewshot.data.folders import scan_folder
 from fewshot.data.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, decode_all
 from fewshot.errors import DataError, UsageError
+from fewshot.features import embed
 from fewshot.methods import build_head
+from fewshot.metrics import wilson_interval
 from fewshot.models import build_backbone
 from fewshot.predict import predict_command
 from fewshot.run import RunDir
-from fewshot.train.images import embed
+from fewshot.schema import FORMAT_VERSION, ModelMeta, Prototypes
 
 SIZE = 16
 
@@ -37,18 +39,18 @@ def write_run(path: Path, kind: str = "meta-train", head: str = "protonet") -> R
     model = build_head(head, encoder)
     path.mkdir(parents=True)
     run = RunDir(path)
-    run.save_model(model.state_dict(), {
+    run.save_model(model.state_dict(), ModelMeta(**{
         "kind": kind, "task": "synthetic", "backbone": "conv4",
         "backbone_args": {"channels": 8}, "image_size": SIZE,
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "feature_dim": encoder.feature_dim, "head": head, "head_options": {},
-        "classes": {"base": ["base-one", "base-two"], "val": [], "novel": []}, "metrics": {}})
+        "classes": {"base": ["base-one", "base-two"], "val": [], "novel": []}, "metrics": {}}))
     base = scan_folder(base_folder(path.parent / "base-data", 6, seed=7))
     features = embed(encoder, decode_all(base.paths, SIZE, quiet=True), Normalize(),
                      torch.device("cpu"))
     labels = torch.from_numpy(base.labels)
     prototypes = torch.stack([features[labels == c].mean(0) for c in range(2)])
-    run.save_prototypes(base.classes, prototypes, features.mean(0))
+    run.save_prototypes(Prototypes(base.classes, prototypes, features.mean(0)))
     return run
 
 
@@ -90,7 +92,7 @@ def test_adapt_and_predict_end_to_end(tmp_path, run_dir, new_disease):
 
     doc = json.loads((out / "adapted.json").read_text())
     assert doc["classes"] == ["alpha", "beta", "gamma"] and doc["method"] == "protonet"
-    assert doc["seed"] == 3 and doc["shots"] == 4 and doc["format_version"] == 1
+    assert doc["seed"] == 3 and doc["shots"] == 4 and doc["format_version"] == FORMAT_VERSION
     assert doc["preprocessing"]["image_size"] == SIZE
     assert doc["base_model"]["sha256"] == sha256(run_dir / "model.safetensors")
     support = doc["support"]
@@ -219,7 +221,7 @@ def test_pretrain_run_defaults_to_simpleshot(tmp_path, new_disease):
     run = write_run(tmp_path / "pre", kind="pretrain", head="simpleshot")
     adapted = BaseModel(run.path).adapt(new_disease, shots=2)
     assert adapted.method == "simpleshot"
-    base_mean = RunDir(run.path).load_prototypes()[2]
+    base_mean = RunDir(run.path).load_prototypes().base_mean
     assert torch.equal(adapted.head.base_mean, base_mean)  # SimpleShot centring kept
 
 

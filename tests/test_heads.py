@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.methods import build_head
+from fewshot.methods import build_head, select_options
 from fewshot.models import build_backbone
 
 FEATURE_HEADS = ["protonet", "simpleshot", "linear-probe"]
@@ -48,7 +48,7 @@ def test_protonet_cosine_has_learned_temperature() -> None:
 @pytest.mark.parametrize("shots", [[5, 5, 5, 5, 5], [1, 4, 2, 7, 3]])
 def test_separable_task_is_solved(name: str, shots: list[int]) -> None:
     support, support_labels, query, query_labels = separable(shots)
-    head = build_head(name, nn.Identity(), base_mean=torch.zeros(16))
+    head = build_head(name, nn.Identity(), **select_options(name, {"base_mean": torch.zeros(16)}))
     with torch.no_grad():
         head.process_support_set(support, support_labels)
         logits = head(query)

@@ -44,16 +44,16 @@ def test_writes_run_dir_and_keeps_best_validated_model(tiny_task, tmp_path, monk
     assert (tmp_path / "runs" / "latest").resolve() == run.path.resolve()
     meta = run.read_meta()
     history = torch.load(run.path / "checkpoint" / "state.pt", weights_only=True)["train"][
-        "history"]
+        "loop"]["history"]
     assert [h["episode"] for h in history] == [10, 20, 30]
     best = max(history, key=lambda h: h["acc"])  # first of the maxima wins ties
-    assert meta["metrics"]["best_episode"] == best["episode"]
-    assert meta["metrics"]["val/acc"] == pytest.approx(best["acc"])
+    assert meta.metrics["best_episode"] == best["episode"]
+    assert meta.metrics["val/acc"] == pytest.approx(best["acc"])
 
     # the saved model really is the one that scored best: re-score it on the same episodes
+    from fewshot.assembly import load_model
     from fewshot.data.images import Normalize, load_split_images
     from fewshot.data.tasks import load_task
-    from fewshot.models.load import load_model
 
     model, _ = load_model(run)
     images, val = load_split_images(load_task(tiny_task), "val", quiet=True)
@@ -65,8 +65,9 @@ def test_writes_run_dir_and_keeps_best_validated_model(tiny_task, tmp_path, monk
     lines = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert sum("train/loss" in rec for rec in lines) == 30
     assert sum("val/acc" in rec for rec in lines) == 3
-    names, protos, base_mean = run.load_prototypes()
-    assert names == ["x/c0", "x/c1", "x/c2", "x/c3"] and protos.shape[0] == 4
+    stored = run.load_prototypes()
+    assert stored.class_names == ["x/c0", "x/c1", "x/c2", "x/c3"]
+    assert stored.prototypes.shape[0] == 4
 
 
 def test_early_stopping_stops(tiny_task, tmp_path, monkeypatch):
@@ -76,9 +77,9 @@ def test_early_stopping_stops(tiny_task, tmp_path, monkeypatch):
                         "train.lr=1e-12", "train.augment=false")
     run = meta_train(config, quiet=True)
     meta = run.read_meta()
-    assert meta["metrics"]["stopped_early"] is True
-    assert meta["metrics"]["episodes_trained"] == 15
-    assert meta["metrics"]["best_episode"] == 5
+    assert meta.metrics["stopped_early"] is True
+    assert meta.metrics["episodes_trained"] == 15
+    assert meta.metrics["best_episode"] == 5
 
 
 def _cli_train(tiny_task: Path, out: Path, *extra: str, **popen) -> subprocess.Popen:
@@ -98,7 +99,7 @@ def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, min_episode: 
         if state.is_file():
             try:
                 saved = torch.load(state, weights_only=True)
-                if saved["train"]["next_episode"] >= min_episode:
+                if saved["train"]["loop"]["position"] >= min_episode:
                     return
             except (EOFError, RuntimeError, FileNotFoundError):
                 pass
@@ -119,7 +120,7 @@ def test_sigkill_then_resume_reaches_the_same_weights(tiny_task, tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     saved = torch.load(tmp_path / "killed/checkpoint/state.pt", weights_only=True)
-    assert saved["train"]["next_episode"] < 40  # really interrupted part way
+    assert saved["train"]["loop"]["position"] < 40  # really interrupted part way
 
     resumed = run_cli("meta-train", "--quiet", "--no-wandb", "--resume", str(tmp_path / "killed"),
                       cwd=tmp_path)
@@ -141,7 +142,7 @@ def test_ctrl_c_saves_exits_130_and_resume_finishes(tiny_task, tmp_path):
     assert process.returncode == 130, err
     assert "fewshot meta-train --resume" in err and "Traceback" not in err
     state = torch.load(run_dir / "checkpoint/state.pt", weights_only=True)
-    stopped_at = state["train"]["next_episode"]
+    stopped_at = state["train"]["loop"]["position"]
     assert 4 <= stopped_at < 120
     load_file(run_dir / "checkpoint/last.safetensors")
 
@@ -181,15 +182,15 @@ def test_no_wandb_writes_no_wandb_files(tiny_task, tmp_path, monkeypatch):
 @pytest.mark.parametrize("head", ["protonet", "maml", "fomaml", "anil", "metasgd"])
 def test_every_head_meta_trains_and_writes_a_loadable_run(head, tiny_task, tmp_path,
                                                           monkeypatch):
-    from fewshot.models.load import load_model
+    from fewshot.assembly import load_model
 
     monkeypatch.chdir(tmp_path)
     config = config_for(tiny_task, f"method.head={head}", "train.episodes=4",
                         "train.meta_batch=2", "train.val_every=4", "train.val_episodes=3",
-                        "method.inner_steps=1")
+                        *([] if head == "protonet" else ["method.inner_steps=1"]))
     run = meta_train(config, quiet=True)
     meta = run.read_meta()
-    assert meta["head"] == head and meta["metrics"]["episodes_trained"] == 4
+    assert meta.head == head and meta.metrics["episodes_trained"] == 4
     lines = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "train/loss" in r] == [2, 4]
     inner = [r for r in lines if "train/support_loss_before" in r]
@@ -226,7 +227,7 @@ def test_meta_train_from_a_pretrain_run_starts_from_its_encoder(tiny_task, tmp_p
     config = config_for(tiny_task, f"model.weights={pre.path}", "train.episodes=4",
                         "train.val_every=2", "train.val_episodes=4", "train.lr=1e-9")
     run = meta_train(config, quiet=True)
-    history = run.read_meta()["metrics"]
+    history = run.read_meta().metrics
     val = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()
            if "val/acc" in x]
     assert [r["step"] for r in val] == [0, 2, 4]

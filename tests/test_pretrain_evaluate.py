@@ -18,10 +18,11 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import run_cli, write_tiny_task
+from fewshot.assembly import load_model
 from fewshot.config import load_config
 from fewshot.errors import UsageError
-from fewshot.evaluate import auroc, episode_metrics, evaluate, pair_up
-from fewshot.models.load import load_model
+from fewshot.evaluate import evaluate, pair_up
+from fewshot.metrics import auroc, episode_metrics
 from fewshot.train.pretrain import pretrain
 
 TINY = ["model.backbone_args={channels: 8}", "train.batch_size=8", "train.ways=2",
@@ -76,7 +77,7 @@ def test_pretrain_stops_after_patience_epochs_without_a_better_val_score(tmp_pat
     run = pretrain(config, out=tmp_path / "run", quiet=True)
     accs = [json.loads(line)["val/acc"] for line in (run.path / "metrics.jsonl")
             .read_text().splitlines() if '"val/acc"' in line]
-    meta = run.read_meta()["metrics"]
+    meta = run.read_meta().metrics
     assert meta["epochs_trained"] == len(accs)
     # every epoch but the last improved on the best so far; the last one stopped the run
     assert all(b > a for a, b in zip(accs, accs[1:-1], strict=False))
@@ -109,15 +110,16 @@ def test_ctrl_c_saves_checkpoint_and_resume_continues(tmp_path: Path) -> None:
     assert process.returncode == 130, stderr
     assert f"resume with: fewshot pretrain --resume {run}" in stderr
     assert "Traceback" not in stderr
-    saved = torch.load(run / "checkpoint" / "state.pt", weights_only=True)["train"]
-    stopped_at = saved["epoch"] * 5 + saved["step"]
+    stopped_at = torch.load(run / "checkpoint" / "state.pt",
+                            weights_only=True)["train"]["loop"]["position"]
+    saved = {"epoch": stopped_at // 5, "step": stopped_at % 5}  # 5 steps an epoch
     assert 0 < stopped_at < 200 * 5
 
     result = run_cli("pretrain", "--resume", str(run), "--set",
                      f"train.epochs={saved['epoch'] + 2}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    final = torch.load(run / "checkpoint" / "state.pt", weights_only=True)["train"]
-    assert final["epoch"] == saved["epoch"] + 2 and final["step"] == 0
+    final = torch.load(run / "checkpoint" / "state.pt", weights_only=True)["train"]["loop"]
+    assert final["position"] == (saved["epoch"] + 2) * 5
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
              if "train/loss" in line]
     # the resumed run logs exactly the steps the interrupted one had not done

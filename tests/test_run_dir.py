@@ -58,7 +58,7 @@ def test_latest_link_and_missing_run(tmp_path, monkeypatch):
 
 
 def test_atomic_writes_follow_the_umask(tmp_path):
-    from fewshot.run import atomic_write
+    from fewshot.data.files import atomic_write
 
     old = os.umask(0o022)
     try:

@@ -3,7 +3,8 @@ from __future__ import annotations
 from PIL import Image
 
 from conftest import run_cli
-from fewshot.config import load_config, packaged
+from fewshot.config import load_config
+from fewshot.data.files import packaged
 from fewshot.data.folders import scan_folder
 from fewshot.data.tasks import load_task
 

@@ -61,7 +61,7 @@ def decode_into(array: np.ndarray, paths: Sequence[str | Path], size: int,
                  workers: int | None, quiet: bool) -> None:
     """Fill `array[i]` with image i; Pillow releases the GIL while decoding and resizing,
     so threads use every core without copying pixels between processes."""
-    from fewshot.tracking import track
+    from fewshot.progress import track
 
     def work(index: int) -> None:
         array[index] = load_tensor(paths[index], size)

@@ -204,7 +204,7 @@ def confirm(images: Tensor, pairs: np.ndarray, max_shift: int, threshold: float,
 def find_near_duplicates(images: Tensor, max_shift: int = 8, neighbours: int = 10,
                          threshold: float = 0.05, quiet: bool = True) -> list[NearDuplicate]:
     """Near-duplicate pairs among uint8 images `[N, C, S, S]` (all the same size)."""
-    from fewshot.tracking import make_progress
+    from fewshot.progress import make_progress
 
     if images.shape[-1] < 2 * max_shift + 8:
         raise ValueError(f"images of {images.shape[-1]} px are too small for shifts of "

@@ -39,6 +39,6 @@ def write_sample(folder: str | Path, force: bool = False) -> dict[str, int]:
 
 def _sample_root() -> Path:
     """The packaged sample (the quickstart task's own data root), whatever FEWSHOT_DATA says."""
-    from fewshot.config import packaged
+    from fewshot.data.files import packaged
 
     return packaged("sample")

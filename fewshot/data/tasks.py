@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fewshot.config import packaged
+from fewshot.data.files import packaged
 from fewshot.data.folders import list_class_files
 from fewshot.errors import DataError, UsageError
 

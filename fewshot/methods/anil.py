@@ -14,7 +14,7 @@ class ANIL(GradientMetaHead):
     adapts_encoder = False
 
     @property
-    def feature_based(self) -> bool:  # type: ignore[override]
+    def feature_based(self) -> bool:
         """With stored batch-norm statistics (or no batch-norm) each image's features do not
         depend on the rest of the episode, so evaluation, validation and adapt can embed
         every image once, as they do for ProtoNet; with statistics from the support set

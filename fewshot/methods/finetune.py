@@ -27,12 +27,14 @@ from fewshot.models.registry import last_stage_parameters
 
 @register_head("finetune")
 class FineTune(FewShotHead):
-    feature_based = False
+    @property
+    def feature_based(self) -> bool:
+        return False  # phase 2 trains the encoder's last stage on the support images
 
     def __init__(self, encoder: nn.Module, steps: int = 100, lr: float = 0.01,
                  finetune_steps: int = 20, finetune_lr: float = 1e-4,
                  temperature: float = 10.0, base_mean: Tensor | None = None,
-                 seed: int = 0, augment: bool = True, **_: object) -> None:
+                 seed: int = 0, augment: bool = True) -> None:
         super().__init__(encoder)
         self.steps, self.lr, self.temperature = steps, lr, temperature
         self.finetune_steps, self.finetune_lr, self.augment = finetune_steps, finetune_lr, augment

@@ -8,7 +8,7 @@ execution paths, chosen automatically: a Python loop over the tasks of a meta-ba
 size bounds memory). Batch-norm layers are swapped for exact ones (fewshot.models.norm):
 `nn.BatchNorm2d` under vmap gives wrong second-order gradients.
 
-Batch-norm statistics (CONTRACT.md): layers with stored statistics (a trained encoder) use
+Batch-norm statistics: layers with stored statistics (a trained encoder) use
 them. Otherwise the default is inductive: the support set's statistics normalise the
 support and the query alike, in meta-training and at test time, so nothing is computed
 from the query set. `transductive=True` normalises the query with its own batch statistics,
@@ -41,7 +41,6 @@ class GradientMetaHead(FewShotHead):
     / `episode_loss` handle one task, as every head does.
     """
 
-    feature_based: ClassVar[bool] = False
     adapts_encoder: ClassVar[bool] = True
     """False: the inner loop adapts the classifier only (ANIL)."""
     learns_inner_lrs: ClassVar[bool] = False
@@ -66,10 +65,11 @@ class GradientMetaHead(FewShotHead):
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.first_order = first_order or self.always_first_order
-        self.transductive = transductive
+        self._transductive = transductive
         self.chunk_size = chunk_size
         self.execution = execution
         self._bn = exact_layers(self.encoder)
+        self._episode_ways = ways
         if self.learns_inner_lrs:
             self.inner_lrs = nn.ParameterDict([
                 (_key(name), nn.Parameter(torch.full_like(p, inner_lr)))
@@ -79,6 +79,41 @@ class GradientMetaHead(FewShotHead):
         """Mean support loss [before, after] the inner loop over the last meta-batch."""
         self._support: Tensor | None = None
         self._fast: dict[str, Tensor] | None = None
+
+    # ---- the head contract -------------------------------------------------------------
+    @property
+    def feature_based(self) -> bool:
+        return False  # the inner loop re-runs the encoder (or needs the episode's statistics)
+
+    @property
+    def transductive(self) -> bool:
+        """Query batch statistics normalise the query (`transductive=True`)."""
+        return self._transductive
+
+    @transductive.setter
+    def transductive(self, value: bool) -> None:
+        self._transductive = bool(value)
+
+    def task_state(self) -> dict[str, Tensor]:
+        """The adapted (fast) weights, the normalised support images (their batch
+        statistics normalise the query when the encoder has no stored ones) and the ways."""
+        if self._fast is None or self._support is None:
+            return {}
+        state = {f"fast.{name}": t.detach() for name, t in self._fast.items()}
+        state["support"] = self._support.detach()
+        state["ways"] = torch.tensor(int(self._episode_ways))
+        return state
+
+    def load_task_state(self, tensors: dict[str, Tensor]) -> None:
+        if not tensors:
+            return
+        if "support" not in tensors or "ways" not in tensors:
+            raise UsageError("task state lacks the support set or the ways", self.name,
+                             "the adapted weights are incomplete; adapt again")
+        self._fast = {k.removeprefix("fast."): v for k, v in tensors.items()
+                      if k.startswith("fast.")}
+        self._support = tensors["support"]
+        self._episode_ways = int(tensors["ways"])
 
     # ---- parameters -------------------------------------------------------------------
     def _adaptable(self) -> dict[str, Tensor]:
@@ -157,7 +192,8 @@ class GradientMetaHead(FewShotHead):
         return F.cross_entropy(logits, query_labels), logits, torch.stack([before, after])
 
     # ---- meta-batches -----------------------------------------------------------------
-    def _ways(self, labels: Tensor) -> int:
+    def check_ways(self, labels: Tensor) -> int:
+        """The episode's number of ways, refused when the classifier has fewer outputs."""
         ways = int(labels.max()) + 1
         if ways > self.ways:
             raise UsageError(f"episode has {ways} ways but the head was built for {self.ways}",
@@ -186,7 +222,7 @@ class GradientMetaHead(FewShotHead):
                 or query_labels.shape[:2] != query.shape[:2]:
             raise UsageError("meta-batch shapes disagree", "meta_loss",
                              "pass support [B,NK,...], labels [B,NK], query [B,NQ,...], [B,NQ]")
-        ways = self._ways(support_labels)
+        ways = self.check_ways(support_labels)
         batch = support.shape[0]
         path, chunk = self._path(support.device)
         step = 1 if path == "loop" else (chunk or batch)
@@ -211,10 +247,26 @@ class GradientMetaHead(FewShotHead):
         self.support_losses = torch.cat(support_losses).mean(0)
         return torch.cat(losses).mean(), torch.cat(logits)
 
+    def task_gradients(self, support: Tensor, support_labels: Tensor, query: Tensor,
+                       query_labels: Tensor, ways: int, indices: list[int], scale: float
+                       ) -> list[tuple[int, Tensor, Tensor, Tensor, tuple[Tensor | None, ...]]]:
+        """(index, loss, logits, support losses, gradients of `loss * scale` with respect to
+        the trainable parameters) of each task in `indices` of a meta-batch: a share of the
+        meta-batch, for a process that returns gradients instead of accumulating them."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        done = []
+        with normalise_with(self._bn):
+            for t in indices:
+                loss, logits, inner = self._task(support[t], support_labels[t], query[t],
+                                                 query_labels[t], ways)
+                grads = torch.autograd.grad(loss * scale, params, allow_unused=True)
+                done.append((t, loss.detach(), logits.detach(), inner.detach(), grads))
+        return done
+
     # ---- the single-task head interface ------------------------------------------------
     def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
         """Run the inner loop on one support set; `forward` then uses the adapted weights."""
-        ways = self._ways(support_labels)
+        ways = self.check_ways(support_labels)
         with normalise_with(self._bn):
             self._fast = self._adapt(support, support_labels, ways)[0]
         self._support = support

@@ -39,7 +39,7 @@ def train_linear(features: Tensor, labels: Tensor, steps: int, lr: float,
 class LinearProbe(FewShotHead):
     def __init__(self, encoder: nn.Module, steps: int = 100, lr: float = 0.01,
                  temperature: float = 10.0, base_mean: Tensor | None = None,
-                 seed: int = 0, **_: object) -> None:
+                 seed: int = 0) -> None:
         super().__init__(encoder)
         self.steps, self.lr, self.temperature, self.seed = steps, lr, temperature, seed
         self.register_buffer("base_mean", torch.empty(0) if base_mean is None

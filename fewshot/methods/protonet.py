@@ -16,7 +16,7 @@ from fewshot.methods.common import class_means, squared_distances
 @register_head("protonet")
 class ProtoNet(FewShotHead):
     def __init__(self, encoder: nn.Module, distance: str = "euclidean",
-                 temperature: float = 10.0, **_: object) -> None:
+                 temperature: float = 10.0) -> None:
         super().__init__(encoder)
         if distance not in {"euclidean", "cosine"}:
             raise UsageError("unknown distance", distance, "use euclidean or cosine")

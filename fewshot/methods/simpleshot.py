@@ -20,8 +20,7 @@ def centre_normalise(features: Tensor, base_mean: Tensor) -> Tensor:
 
 @register_head("simpleshot")
 class SimpleShot(FewShotHead):
-    def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None,
-                 **_: object) -> None:
+    def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None) -> None:
         super().__init__(encoder)
         self.register_buffer("base_mean", torch.empty(0) if base_mean is None
                              else base_mean.detach().float().clone(), persistent=False)

@@ -6,7 +6,8 @@ from fewshot.models.registry import (
     build_backbone,
     last_stage_parameters,
     register_backbone,
+    registered_backbones,
 )
 
 __all__ = ["BACKBONES", "Backbone", "build_backbone", "last_stage_parameters",
-           "register_backbone"]
+           "register_backbone", "registered_backbones"]

@@ -9,7 +9,7 @@ from fewshot.models.registry import Backbone, register_backbone
 
 
 class Pixels(Backbone):
-    """Images area-resized to `side x side` and flattened (ANCHORS.md: 16x16)."""
+    """Images area-resized to `side x side` and flattened: the raw-pixel floor (16x16)."""
 
     def __init__(self, in_channels: int = 3, side: int = 16) -> None:
         super().__init__()

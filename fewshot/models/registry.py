@@ -2,7 +2,8 @@
 
 A backbone maps images `[B, C, H, W]` to feature vectors `[B, D]` and says its
 `feature_dim`. Builders take `image_size`, `in_channels` and their own keyword options.
-`timm:<name>` builds any timm model (optional extra `fewshot[timm]`).
+`timm:<name>` builds any timm model (optional extra `fewshot[timm]`); backbones outside the
+package register through the `fewshot.backbones` entry-point group or `FEWSHOT_PLUGINS`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from torch import nn
 
 from fewshot.errors import UsageError
+from fewshot.plugins import load_plugins
 
 
 class Backbone(nn.Module):
@@ -35,23 +37,27 @@ def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callabl
     return decorate
 
 
-def _register_builtins() -> None:
+def registered_backbones() -> dict[str, Callable[..., nn.Module]]:
+    """Every backbone by name: the built-in ones and those of plugins (`timm:<name>` aside)."""
     from fewshot.models import conv4, pixels, resnet12, torchvision_backbones  # noqa: F401
+
+    load_plugins()
+    return BACKBONES
 
 
 def build_backbone(name: str, image_size: int = 84, in_channels: int = 3, **kwargs) -> nn.Module:
     """The encoder `name` with random weights (see `fewshot.models.weights` for weights)."""
-    _register_builtins()
+    backbones = registered_backbones()
     if name.startswith("timm:"):
         from fewshot.models.timm_backbone import build_timm
 
         builder: Callable[..., nn.Module] = build_timm
         kwargs = {"name": name[5:], **kwargs}
-    elif name in BACKBONES:
-        builder = BACKBONES[name]
+    elif name in backbones:
+        builder = backbones[name]
     else:
         raise UsageError("unknown backbone", name,
-                         f"choose one of {sorted(BACKBONES)} or timm:<name>")
+                         f"choose one of {', '.join(sorted(backbones))} or timm:<name>")
     try:
         inspect.signature(builder).bind(image_size=image_size, in_channels=in_channels, **kwargs)
         return builder(image_size=image_size, in_channels=in_channels, **kwargs)

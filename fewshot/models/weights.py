@@ -166,7 +166,7 @@ def load_encoder_weights(encoder: nn.Module, weights: str | Path | None,
     """`load_weights`, with the report printed as one line on stderr unless quiet."""
     report = load_weights(encoder, weights, backbone or backbone_name(encoder))
     if report is not None and not quiet:
-        from fewshot.tracking import console
+        from fewshot.progress import console
 
         console.print(report.summary(), markup=False)
     return report

@@ -26,19 +26,9 @@ from fewshot.errors import UsageError
 
 def _run_tasks(head: Any, tasks: tuple[Tensor, ...], indices: list[int], scale: float
                ) -> list[tuple[int, Tensor, Tensor, Tensor, tuple]]:
-    """(index, loss, logits, support losses, gradients) of each task in `indices`."""
-    from fewshot.models.norm import normalise_with
-
     support, support_labels, query, query_labels, ways = tasks
-    params = [p for p in head.parameters() if p.requires_grad]
-    done = []
-    with normalise_with(head._bn):
-        for t in indices:
-            loss, logits, inner = head._task(support[t], support_labels[t], query[t],
-                                             query_labels[t], int(ways))
-            grads = torch.autograd.grad(loss * scale, params, allow_unused=True)
-            done.append((t, loss.detach(), logits.detach(), inner.detach(), grads))
-    return done
+    return head.task_gradients(support, support_labels, query, query_labels, int(ways),
+                               indices, scale)
 
 
 def _worker(head: Any, threads: int, jobs: Any, results: Any) -> None:
@@ -76,7 +66,7 @@ class TaskWorkers:
         """As `head.meta_loss(..., backward=True)`: gradients into `.grad`, detached mean
         loss and logits `[B, NQ, N]` back; `head.support_losses` set."""
         head, batch = self.head, support.shape[0]
-        ways = head._ways(support_labels)
+        ways = head.check_ways(support_labels)
         tasks = (support, support_labels, query, query_labels, torch.tensor(ways))
         shares = [list(range(w, batch, self.processes)) for w in range(self.processes)]
         for jobs, indices in zip(self.jobs, shares[1:], strict=True):
@@ -144,7 +134,7 @@ def task_processes(head: Any, device: torch.device, meta_batch: int,
     if setting is not None and setting < 1:
         raise UsageError("train.task_processes must be at least 1", str(setting),
                          "leave it unset (automatic) or set 1 to turn workers off")
-    if device.type != "cpu" or not hasattr(head, "_task") or meta_batch < 2:
+    if device.type != "cpu" or not hasattr(head, "task_gradients") or meta_batch < 2:
         return 1
     if setting is not None:
         return min(setting, meta_batch)

@@ -3,21 +3,24 @@ the evaluation protocol's per-episode metrics, and their W&B panels."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fewshot.data.episodes import EpisodeSampler, TensorEpisodes
 from fewshot.data.tasks import SplitData
 from fewshot.evaluate import episode_metrics, mean_ci
+from fewshot.features import embed
 from fewshot.methods import FewShotHead
 from fewshot.tracking import Tracker
-from fewshot.train.images import embed
 
 SAMPLE_IMAGES = 40
 """At most this many images of the sample episode go into the W&B table."""
+VAL_SEED_OFFSET = 1_000_003
+"""Validation episodes come from their own stream, apart from the training episodes."""
 
 
 @dataclass
@@ -28,6 +31,9 @@ class Validation:
     confusion: np.ndarray
     """Pooled over episodes: rows true class, columns predicted class (split class ids)."""
     sample: dict[str, object] = field(default_factory=dict)
+    images: Tensor | None = None
+    """The split's images, which `sample` indexes."""
+    data: SplitData | None = None
 
     @property
     def acc_ci(self) -> tuple[float, float]:
@@ -54,41 +60,42 @@ def run_validation(head: FewShotHead, images: Tensor, data: SplitData, transform
     was_training = head.training
     head.eval()
     if head.feature_based:
-        source, encoder = embed(head.encoder, images, transform, device).to(device), head.encoder
-        head.encoder, stream = nn.Identity(), TensorEpisodes(source, sampler)
+        source = embed(head.encoder, images, transform, device).to(device)
+        stream, context = TensorEpisodes(source, sampler), head.on_features()
     else:
-        encoder, stream = head.encoder, TensorEpisodes(images, sampler, transform=transform)
+        stream = TensorEpisodes(images, sampler, transform=transform)
+        context = contextlib.nullcontext()
     try:
-        for i, batch in enumerate(stream):
-            batch = batch.to(device)
-            with torch.set_grad_enabled(not head.feature_based):  # MAML inner loops need grad
-                head.process_support_set(batch.support[0], batch.support_labels[0])
-            with torch.no_grad():
-                logits = head(batch.query[0])
-            metrics = episode_metrics(logits, batch.query_labels[0], n)
-            accs[i], f1s[i] = metrics["accuracy"], metrics["macro_f1"]
-            classes = batch.episodes[0].classes
-            true = classes[batch.query_labels[0].cpu().numpy()]
-            pred = classes[logits.argmax(-1).cpu().numpy()]
-            np.add.at(confusion, (true, pred), 1)
-            if i == 0:
-                ep = batch.episodes[0]
-                sample = {"support": ep.support, "query": ep.query, "classes": classes,
-                          "predicted": pred}
+        with context:
+            for i, batch in enumerate(stream):
+                batch = batch.to(device)
+                with torch.set_grad_enabled(not head.feature_based):  # MAML inner loops
+                    head.process_support_set(batch.support[0], batch.support_labels[0])
+                with torch.no_grad():
+                    logits = head(batch.query[0])
+                metrics = episode_metrics(logits, batch.query_labels[0], n)
+                accs[i], f1s[i] = metrics["accuracy"], metrics["macro_f1"]
+                classes = batch.episodes[0].classes
+                true = classes[batch.query_labels[0].cpu().numpy()]
+                pred = classes[logits.argmax(-1).cpu().numpy()]
+                np.add.at(confusion, (true, pred), 1)
+                if i == 0:
+                    ep = batch.episodes[0]
+                    sample = {"support": ep.support, "query": ep.query, "classes": classes,
+                              "predicted": pred}
     finally:
-        head.encoder = encoder
         head.train(was_training)
-    return Validation(accs, f1s, list(data.classes), confusion, sample)
+    return Validation(accs, f1s, list(data.classes), confusion, sample, images, data)
 
 
-def log_validation(tracker: Tracker, result: Validation, images: Tensor, data: SplitData,
-                   step: int) -> None:
-    """Scalars to metrics.jsonl and W&B; per-class sensitivity as a table; the confusion
-    matrix and one sample episode (images with true and predicted labels) to W&B."""
+def log_validation(tracker: Tracker, result: Validation, step: int,
+                   extra: dict[str, float] | None = None) -> None:
+    """Scalars (and `extra`) to metrics.jsonl and W&B; per-class sensitivity as a table; the
+    confusion matrix and one sample episode (images with true and predicted labels) to W&B."""
     acc, ci = result.acc_ci
     f1, f1_ci = mean_ci(result.macro_f1)
     tracker.log({"val/acc": acc, "val/acc_ci95": ci, "val/macro_f1": f1,
-                 "val/macro_f1_ci95": f1_ci}, step=step)
+                 "val/macro_f1_ci95": f1_ci, **(extra or {})}, step=step)
     tracker.log_table("val/sensitivity", ["class", "sensitivity"],
                       [[k, v] for k, v in result.sensitivity().items()], step=step)
     if tracker.wandb_run is None:
@@ -101,8 +108,8 @@ def log_validation(tracker: Tracker, result: Validation, images: Tensor, data: S
                                                                              strict=True)]
     table = wandb.Table(columns=["true", "predicted", "count"], data=rows)
     payload = {"val/confusion": table}
-    sample = result.sample
-    if sample:
+    sample, images, data = result.sample, result.images, result.data
+    if sample and images is not None and data is not None:
         picked = [("support", i, data.labels[i], None) for i in sample["support"]]
         picked += [("query", i, data.labels[i], p) for i, p in zip(sample["query"],
                                                                    sample["predicted"],

@@ -1,4 +1,8 @@
-"""Features of a split's images, and seeded per-class subsets of a split."""
+"""Features of a set of images through an encoder, and seeded per-class subsets.
+
+Feature-based heads see each image once: evaluation, validation, adapt and the base
+prototypes of a run all embed through `embed`, in eval mode (stored batch-norm statistics).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.data.images import Normalize
-from fewshot.tracking import track
+from fewshot.progress import track
 
 
 def subsample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:

@@ -1,0 +1,49 @@
+"""A trained model put back together from its run directory: encoder, weights and head.
+
+The encoder layer knows nothing of heads or run directories; this module, above both,
+is the one place that joins them (from `model.json`, without the config).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fewshot.data.images import Normalize
+from fewshot.methods import FewShotHead, build_head, head_class
+from fewshot.models import build_backbone
+from fewshot.run import RunDir, resolve_run
+from fewshot.schema import ModelMeta
+
+
+def load_model(run: RunDir | str | Path | None = None, head: str | None = None,
+               **head_options: Any) -> tuple[FewShotHead, ModelMeta]:
+    """(model, model.json) of a run; `head` swaps in another head on the same encoder.
+
+    The encoder always gets the run's weights; the run's own head parameters and options
+    are used only when the head is the one it was trained with. `head_options` must be
+    options the head declares. Heads that centre features get the run's base mean.
+    """
+    run = run if isinstance(run, RunDir) else resolve_run(run)
+    meta = run.read_meta()
+    encoder = build_backbone(meta.backbone, image_size=meta.image_size, **meta.backbone_args)
+    weights = run.load_weights()
+    name = head or meta.head
+    options = dict(meta.head_options) if name == meta.head else {}
+    options.update(head_options)
+    if ("base_mean" not in options and run.prototypes_path.is_file()
+            and "base_mean" in head_class(name).options()):
+        options["base_mean"] = run.load_prototypes().base_mean
+    model = build_head(name, encoder, **options)
+    if name == meta.head:
+        model.load_state_dict(weights)
+    else:
+        encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in weights.items()
+                                 if k.startswith("encoder.")})
+    model.eval()
+    return model, meta
+
+
+def model_transform(meta: ModelMeta) -> Normalize:
+    """The normalisation the model was trained with."""
+    return Normalize(meta.normalization.mean, meta.normalization.std)

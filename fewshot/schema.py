@@ -1,0 +1,191 @@
+"""The files a trained or adapted model is made of, as typed documents.
+
+    model.json               ModelMeta    a run directory's model (pretrain, meta-train)
+    adapted.json             AdaptedMeta  an adapted folder's model (fewshot adapt)
+    prototypes.safetensors   Prototypes   base-class mean features and the base mean
+
+Each is written here and read back here, validated before anything is built from it, and
+read by attribute everywhere else. `FORMAT_VERSION` goes up whenever a change adds a
+field; a file of a newer version is refused, an older one is read with the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from fewshot.data.files import atomic_write, save_tensors
+from fewshot.errors import DataError, UsageError
+from fewshot.version import __version__
+
+FORMAT_VERSION = 2
+"""1: the first layout; 2: one schema for all three files, prototypes carry a version."""
+MAX_IMAGE_SIZE = 1024
+"""Largest image side a model file may ask for (a larger one is a damaged file)."""
+
+MODEL_JSON, ADAPTED_JSON, PROTOTYPES = "model.json", "adapted.json", "prototypes.safetensors"
+
+
+class Document(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Normalization(Document):
+    mean: list[float] = Field(min_length=1, max_length=4)
+    std: list[float] = Field(min_length=1, max_length=4)
+
+
+class ModelMeta(Document):
+    """model.json: everything needed to rebuild a run's model without its config."""
+
+    format_version: int = FORMAT_VERSION
+    fewshot_version: str = __version__
+    git_commit: str | None = None
+    kind: str
+    """`pretrain` or `meta-train` (experiment scripts may write others, e.g. exports)."""
+    task: str
+    backbone: str
+    backbone_args: dict[str, Any] = Field(default_factory=dict)
+    image_size: int = Field(ge=8, le=MAX_IMAGE_SIZE)
+    normalization: Normalization = Field(
+        validation_alias=AliasChoices("normalization", "normalisation"))
+    feature_dim: int = Field(ge=1)
+    head: str
+    head_options: dict[str, Any] = Field(default_factory=dict)
+    classes: dict[str, list[str]] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    def write(self, path: Path) -> None:
+        text = self.model_dump_json(indent=2) + "\n"
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    @classmethod
+    def read(cls, path: Path) -> ModelMeta:
+        return _read(cls, path, "pass a directory written by pretrain or meta-train")
+
+
+class Preprocessing(Document):
+    image_size: int = Field(ge=8, le=MAX_IMAGE_SIZE)
+    resize: str = "bilinear, to a square of image_size"
+    colour: str = "3-channel 8-bit RGB by fewshot.data.folders.to_rgb8"
+    normalization: Normalization
+
+
+class BaseModelRef(Document):
+    path: str
+    sha256: str
+    kind: str | None = None
+    task: str | None = None
+    head: str | None = None
+
+
+class SupportFile(Document):
+    path: str
+    class_name: str = Field(alias="class")
+    sha256: str
+
+
+class SkippedFile(Document):
+    path: str
+    reason: str
+
+
+class AdaptedMeta(Document):
+    """adapted.json: classes, preprocessing, method and where every support image came from."""
+
+    format_version: int = FORMAT_VERSION
+    fewshot_version: str = __version__
+    kind: Literal["adapted"] = "adapted"
+    method: str
+    head_options: dict[str, Any] = Field(default_factory=dict)
+    classes: list[str] = Field(min_length=1)
+    backbone: str
+    backbone_args: dict[str, Any] = Field(default_factory=dict)
+    preprocessing: Preprocessing
+    base_model: BaseModelRef | None = None
+    new_classes: list[str] = Field(default_factory=list)
+    base_classes: list[str] = Field(default_factory=list)
+    keep_base: bool = False
+    shots: int | None = None
+    seed: int | None = None
+    support: list[SupportFile] = Field(default_factory=list)
+    short_classes: dict[str, int] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def write(self, path: Path) -> None:
+        text = json.dumps(self.as_json(), indent=2, ensure_ascii=False) + "\n"
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    @classmethod
+    def read(cls, path: Path) -> AdaptedMeta:
+        doc = _read(cls, path, "re-run fewshot adapt")
+        if len(set(doc.classes)) != len(doc.classes):
+            raise DataError("adapted.json names a class twice", path, "re-run fewshot adapt")
+        return doc
+
+
+@dataclass
+class Prototypes:
+    """prototypes.safetensors: per-class mean features of the base classes (one row per
+    name in `class_names`) and the mean feature of the base images (SimpleShot centring)."""
+
+    class_names: list[str]
+    prototypes: Tensor
+    base_mean: Tensor
+
+    def save(self, path: Path) -> None:
+        save_tensors(path, {"prototypes": self.prototypes, "base_mean": self.base_mean},
+                     {"class_names": json.dumps(self.class_names),
+                      "format_version": str(FORMAT_VERSION)})
+
+    @classmethod
+    def load(cls, path: Path) -> Prototypes:
+        fix = "re-run the command that wrote the run (pretrain or meta-train)"
+        try:
+            with safe_open(str(path), "pt") as handle:
+                meta = handle.metadata() or {}
+                version = int(meta.get("format_version", 1))
+                names = json.loads(meta["class_names"])
+                prototypes, base_mean = handle.get_tensor("prototypes"), \
+                    handle.get_tensor("base_mean")
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise DataError(f"cannot read prototypes: {exc}", path, fix) from None
+        if version > FORMAT_VERSION:
+            raise UsageError("prototypes written by a newer fewshot", path, "upgrade fewshot")
+        if prototypes.dim() != 2 or len(names) != prototypes.shape[0] \
+                or base_mean.shape != prototypes.shape[1:]:
+            raise DataError("prototypes do not match their class names or features", path, fix)
+        return cls(list(names), prototypes, base_mean)
+
+
+D = TypeVar("D", bound=Document)
+
+
+def _read(cls: type[D], path: Path, fix: str) -> D:
+    """Parse and validate one JSON document; every failure is one line naming the key."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path.name} is not valid JSON: {exc}", path, fix) from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path.name} is not a JSON object", path, fix)
+    version = raw.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UsageError(f"{path.name} written by a newer fewshot", path.parent, "upgrade fewshot")
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or path.name
+        raise DataError(f"{path.name} is invalid at '{key}': {err['msg']}", path, fix) from None

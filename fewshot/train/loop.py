@@ -1,0 +1,332 @@
+"""The one training loop every stage runs in (in the manner of the PyTorch reference
+scripts: explicit, no callbacks beyond what a stage is).
+
+A `Stage` says what one step is (`step(batch)`: gradients accumulated, metrics back),
+where its batches come from, when it validates and checkpoints, and what its run
+directory's model is. `train` owns everything around that: the run directory and its
+tracker, the optimiser step and extra objectives, Ctrl-C (a checkpoint of a whole step,
+then `Interrupted`), checkpoints and exact resume, validation with early stopping and
+keeping the best model, and the end of the run.
+
+Positions count the stage's units (episodes in meta-training, optimiser steps in
+pretraining); the batch at a position is a pure function of the seed and the position,
+and the checkpoint stores the position with the optimiser, scheduler and RNG states, so
+a resumed run reaches the same weights as an uninterrupted one (on the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from fewshot.config import Config
+from fewshot.data.tasks import SplitData
+from fewshot.features import embed, subsample
+from fewshot.methods.common import class_means
+from fewshot.progress import PlainProgress, console, make_progress
+from fewshot.run import RunDir, restore_training, rng_state
+from fewshot.schema import ModelMeta, Prototypes
+from fewshot.tracking import Tracker
+from fewshot.train.validate import Validation, log_validation
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving a checkpoint."""
+
+    def __init__(self, run: RunDir) -> None:
+        super().__init__(str(run.path))
+        self.run = run
+
+
+class StopFlag:
+    """Turns the first Ctrl-C (SIGINT) into a flag the loop checks between steps, so the
+    checkpoint it saves is always of a whole step; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopFlag:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C as it is
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class LoopState:
+    """What the loop itself keeps across a resume (the stage keeps its own beside it)."""
+
+    position: int = 0
+    best_acc: float = -math.inf
+    best_at: int = -1
+    """The stage's count (episode, epoch) at the best validation."""
+    bad_validations: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Objective(Protocol):
+    """An extra loss on a stream of its own (unlabeled images, another domain), added to the
+    stage's loss with its weight; its gradients join the step's before the optimiser steps."""
+
+    name: str
+    weight: float
+
+    def loss(self, model: nn.Module, position: int) -> Tensor: ...
+
+
+@dataclass
+class StepResult:
+    position: int
+    """The position after this step."""
+    metrics: dict[str, float]
+    status: str = ""
+
+
+class Stage:
+    """One training stage; subclasses fill in what is theirs."""
+
+    kind: str = ""
+    unit: str = ""
+    """What `LoopState.best_at` and the history count: `episode` or `epoch`."""
+    total: int = 0
+    """Positions in the whole run."""
+    units_per_step: int = 1
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+    # ---- batches and steps ------------------------------------------------------------
+    def batches(self, start: int) -> Generator[Any, None, None]:
+        raise NotImplementedError
+
+    def step(self, batch: Any) -> StepResult:
+        """Forward and backward of one batch (gradients accumulated, not applied)."""
+        raise NotImplementedError
+
+    def backward(self, loss: Tensor) -> None:
+        loss.backward()
+
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
+
+    def rates(self, units: int, seconds: float) -> dict[str, float]:
+        return {}
+
+    # ---- validation, checkpoints, the run's model -------------------------------------
+    def count(self, position: int) -> int:
+        """The stage's count (episodes, epochs) at a position."""
+        return position
+
+    def has_validation(self) -> bool:
+        return False
+
+    def validate(self) -> Validation:
+        raise NotImplementedError
+
+    def validation_metrics(self, position: int) -> dict[str, float]:
+        return {}
+
+    def validate_at_start(self) -> bool:
+        return False
+
+    def validation_due(self, before: int, after: int) -> bool:
+        return False
+
+    def checkpoint_due(self, before: int, after: int) -> bool:
+        return False
+
+    def best_weights(self) -> dict[str, Tensor]:
+        return self.model.state_dict()
+
+    def load_best(self, weights: dict[str, Tensor]) -> None:
+        self.model.load_state_dict(weights)
+
+    def model_meta(self, state: LoopState) -> ModelMeta:
+        raise NotImplementedError
+
+    def write_prototypes(self, run: RunDir) -> None:
+        """The base prototypes of the final model (after `load_best`)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stage state beyond the model, optimiser, scheduler and RNGs."""
+        return {}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Set what `state_dict` saved (called on resume, after the checkpoint is loaded)."""
+
+
+def cache_options(config: Config, quiet: bool) -> dict[str, Any]:
+    """Where and how the decoded image cache is built, from the `data` section."""
+    return {"directory": config.data.cache_dir, "workers": config.data.workers or None,
+            "quiet": quiet}
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """True when a multiple of `every` lies in (before, after]."""
+    return after // every != before // every
+
+
+def make_optimizer(params, config: Config) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay,
+                               nesterov=True)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps: int):
+    if config.train.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def base_prototypes(encoder: nn.Module, images: Tensor, data: SplitData, transform,
+                    device: torch.device, per_class: int) -> Prototypes:
+    """Per-class mean features of the base classes (at most `per_class` images a class,
+    chosen with a fixed seed) and their overall mean, for SimpleShot and `--keep-base`."""
+    keep = subsample(data.labels, per_class, seed=0)
+    features = embed(encoder, images[torch.from_numpy(keep)], transform, device)
+    prototypes = class_means(features, torch.from_numpy(data.labels[keep]), len(data.classes))
+    return Prototypes(list(data.classes), prototypes, features.mean(0))
+
+
+def open_run(config: Config, name: str, out: str | Path | None, resume: RunDir | None
+             ) -> RunDir:
+    if resume is not None:
+        return resume
+    run = RunDir.create(config.name or name, out)
+    run.write_config(config)
+    return run
+
+
+def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
+          objectives: list[Objective] | None = None, use_wandb: bool | None = None,
+          log_model: bool = False, quiet: bool = False) -> RunDir:
+    """Run (or resume) `stage` in `run`; returns the run directory."""
+    t = config.train
+    objectives = objectives or []
+    state = LoopState()
+    if resumed:
+        saved = restore_training(run, stage.model, stage.optimizer, stage.scheduler)
+        state = LoopState(**saved["train"]["loop"])
+        stage.load_state_dict(saved["train"]["stage"])
+
+    wandb_on = config.tracking.wandb if use_wandb is None else use_wandb
+    tracker = Tracker(run.path, job_type=stage.kind, config=config.to_dict(),
+                      use_wandb=wandb_on, project=config.tracking.project,
+                      entity=config.tracking.entity,
+                      name=config.tracking.run_name or run.path.name, quiet=quiet)
+
+    def checkpoint() -> None:
+        run.save_checkpoint(stage.model.state_dict(), {
+            "optimizer": stage.optimizer.state_dict(), "scheduler": stage.scheduler.state_dict(),
+            "rng": rng_state(),
+            "train": {"loop": asdict(state), "stage": stage.state_dict()},
+        })
+
+    def save_best() -> None:
+        run.save_model(stage.best_weights(), stage.model_meta(state))
+
+    def validate() -> None:
+        at = stage.count(state.position)
+        if not stage.has_validation():  # nothing to select by: the latest model is the best
+            state.best_at = at
+            save_best()
+            return
+        result = stage.validate()
+        acc, ci = result.acc_ci
+        improved = acc > state.best_acc
+        state.history.append({stage.unit: at, "acc": acc, "ci": ci})
+        if improved:
+            state.best_acc, state.best_at, state.bad_validations = acc, at, 0
+            save_best()
+        else:
+            state.bad_validations += 1
+        log_validation(tracker, result, state.position,
+                       {**stage.validation_metrics(state.position), "val/best_acc": state.best_acc})
+        if not quiet:
+            console.print(f"validation at {stage.unit} {at}: {100 * acc:.2f} ± {100 * ci:.2f}%"
+                          f"{' (best)' if improved else ''}")
+        if state.bad_validations >= t.patience and state.position < stage.total:
+            state.stopped_early = True
+            if not quiet:
+                console.print(f"early stop: no better val score in {t.patience} validations "
+                              f"(best: {stage.unit} {state.best_at})")
+
+    progress = make_progress(quiet)
+    plain = PlainProgress(stage.kind, stage.total, quiet=quiet or not progress.disable)
+    started, done_at_start = time.monotonic(), state.position
+    if stage.validate_at_start() and state.position == 0 and not state.history:
+        validate()
+    stage.model.train()
+    batches = stage.batches(state.position) if not state.stopped_early else iter(())
+    with StopFlag() as stop, progress, contextlib.closing(batches):
+        bar = progress.add_task(stage.kind, total=stage.total, completed=state.position,
+                                status="")
+        for batch in batches:
+            before = state.position
+            stage.optimizer.zero_grad(set_to_none=True)
+            result = stage.step(batch)
+            metrics = dict(result.metrics)
+            for objective in objectives:
+                loss = objective.loss(stage.model, before)
+                stage.backward(objective.weight * loss)
+                metrics[f"train/{objective.name}_loss"] = loss.item()
+            stage.optimizer_step()
+            stage.scheduler.step()
+            state.position = result.position
+            if (state.position // stage.units_per_step) % config.tracking.log_every == 0:
+                elapsed = max(time.monotonic() - started, 1e-9)
+                tracker.log({**metrics, "train/lr": stage.scheduler.get_last_lr()[0],
+                             **stage.rates(state.position - done_at_start, elapsed)},
+                            step=state.position)
+            progress.update(bar, completed=state.position, status=result.status)
+            plain.update(state.position, result.status)
+            if stage.validation_due(before, state.position):
+                validate()
+            if stop.requested:
+                checkpoint()
+                tracker.finish(exit_code=130)
+                raise Interrupted(run)
+            if state.stopped_early:
+                break
+            if stage.checkpoint_due(before, state.position):
+                checkpoint()
+
+    last = state.history[-1][stage.unit] if state.history else -1
+    if not state.stopped_early and (last != stage.count(state.position)
+                                    or not stage.has_validation()):
+        validate()
+    checkpoint()
+    stage.load_best(run.load_weights())  # the best model describes the run
+    stage.write_prototypes(run)
+    run.write_meta(stage.model_meta(state))
+    tracker.summary({"val/best_acc": state.best_acc if stage.has_validation() else None,
+                     f"best_{stage.unit}": state.best_at})
+    if log_model:
+        tracker.log_artifact(run.path, name=f"model-{run.path.name}")
+    tracker.finish()
+    return run
