@@ -196,7 +196,8 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     from fewshot.adapted import Adapted
 
     meta = base.meta
-    method, options = parse_head_spec(method or default_method(meta), "method")  # exit 2 before any image
+    # an unknown method or option is exit 2 before any image is read
+    method, options = parse_head_spec(method or default_method(meta), "method")
     dev = pick_device(device)
     torch.manual_seed(seed)
     head, options = build_for_adapt(base, method, seed, options)

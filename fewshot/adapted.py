@@ -75,10 +75,10 @@ def restore_tensors(head: nn.Module, tensors: dict[str, Tensor], where: Path) ->
             module = head.get_submodule(module_path)
         except AttributeError:
             module = None
-        if module is not None and attr in module._parameters:
-            module._parameters[attr] = nn.Parameter(value, requires_grad=False)
-        elif module is not None and attr in module._buffers:
-            module._buffers[attr] = value
+        if module is not None and attr in dict(module.named_parameters(recurse=False)):
+            setattr(module, attr, nn.Parameter(value, requires_grad=False))
+        elif module is not None and attr in dict(module.named_buffers(recurse=False)):
+            setattr(module, attr, value)  # a registered buffer stays one (and keeps its kind)
         else:
             raise DataError(f"adapted weights do not fit the method (unexpected '{key}')",
                             where, "re-run fewshot adapt with this fewshot version")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -203,56 +203,50 @@ def training_config(config: Path | None, overrides: list[str] | None, resume: st
     return load_config(config, extra), run
 
 
-@app.command("meta-train")
-def meta_train_cmd(
-    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
-    resume: ResumeOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = None,
-    seed: SeedOpt = None, wandb: WandbOpt = None, wandb_project: ProjectOpt = None,
-    wandb_entity: EntityOpt = None, run_name: RunNameOpt = None, log_model: LogModelOpt = False,
-    quiet: Quiet = False,
-) -> None:
-    """Meta-train an encoder and head on episodes of the base classes, keeping the model
-    that does best on the held-apart val classes. No arguments: the shipped quickstart."""
-    from fewshot.train.meta_train import meta_train
+def training_command(name: str, entry: str, help_text: str,
+                     next_step: Callable[[Any, Any], str]) -> None:
+    """Register `fewshot <name>`: one set of options for every training stage; `entry` is
+    the stage's `module:function`, imported when the command runs."""
 
-    cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
-                               wandb_entity, run_name)
-    config_dir = config.parent if config is not None else None
-    with resumable("meta-train"):
-        result = meta_train(cfg, out=out, resume=run, data_root=data_root,
-                            config_dir=config_dir, use_wandb=wandb, log_model=log_model,
-                            quiet=quiet)
-    best = result.read_meta().metrics.get("val/acc")
-    screen.print(f"model written to {result.path}"
-              + (f" (val accuracy {100 * best:.2f}%)" if best is not None else ""))
-    if not quiet:
-        screen.print("next: fewshot data sample new_disease/   then: "
-                  "fewshot adapt --shots 5 new_disease/")
+    def command(
+        config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
+        resume: ResumeOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = None,
+        seed: SeedOpt = None, wandb: WandbOpt = None, wandb_project: ProjectOpt = None,
+        wandb_entity: EntityOpt = None, run_name: RunNameOpt = None,
+        log_model: LogModelOpt = False, quiet: Quiet = False,
+    ) -> None:
+        import importlib
+
+        module, _, function = entry.partition(":")
+        stage = getattr(importlib.import_module(module), function)
+        cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
+                                   wandb_entity, run_name)
+        config_dir = config.parent if config is not None else None
+        with resumable(name):
+            result = stage(cfg, out=out, resume=run, data_root=data_root, config_dir=config_dir,
+                           use_wandb=wandb, log_model=log_model, quiet=quiet)
+        best = result.read_meta().metrics.get("val/acc")
+        screen.print(f"model written to {result.path}"
+                     + (f" (val accuracy {100 * best:.2f}%)" if best is not None else ""),
+                     markup=False)
+        if not quiet:
+            screen.print(next_step(result, cfg), markup=False)
+
+    command.__doc__ = help_text
+    app.command(name)(command)
 
 
-@app.command("pretrain")
-def pretrain_cmd(
-    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
-    resume: ResumeOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = None,
-    seed: SeedOpt = None, wandb: WandbOpt = None, wandb_project: ProjectOpt = None,
-    wandb_entity: EntityOpt = None, run_name: RunNameOpt = None, log_model: LogModelOpt = False,
-    quiet: Quiet = False,
-) -> None:
-    """Supervised pretraining of an encoder on the base classes (cross-entropy), keeping
-    the encoder with the best nearest-centroid accuracy on the val classes."""
-    from fewshot.train.pretrain import pretrain
-
-    cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
-                               wandb_entity, run_name)
-    config_dir = config.parent if config is not None else None
-    with resumable("pretrain"):
-        result = pretrain(cfg, out=out, resume=run, data_root=data_root, config_dir=config_dir,
-                          use_wandb=wandb, log_model=log_model, quiet=quiet)
-    best = result.read_meta().metrics.get("val/acc")
-    screen.print(f"model written to {result.path}"
-                 + (f" (val nearest-centroid accuracy {100 * best:.2f}%)" if best else ""))
-    if not quiet:
-        screen.print(f"next: fewshot evaluate --model {result.path} --head simpleshot "
+training_command(
+    "meta-train", "fewshot.train.meta_train:meta_train",
+    "Meta-train an encoder and head on episodes of the base classes, keeping the model "
+    "that does best on the held-apart val classes. No arguments: the shipped quickstart.",
+    lambda run, cfg: "next: fewshot data sample new_disease/   then: "
+                     "fewshot adapt --shots 5 new_disease/")
+training_command(
+    "pretrain", "fewshot.train.pretrain:pretrain",
+    "Supervised pretraining of an encoder on the base classes (cross-entropy), keeping "
+    "the encoder that does best on episodes of the val classes.",
+    lambda run, cfg: f"next: fewshot evaluate --model {run.path} --head simpleshot "
                      f"--head linear-probe --task {cfg.data.task}")
 
 
@@ -360,6 +354,43 @@ def adapt_cmd(
                   use_wandb=wandb is not False,
                   wandb_options={"log_model": log_model,
                                  **wandb_names(wandb_project, wandb_entity, run_name)})
+
+
+class Listing(StrEnum):
+    heads = "heads"
+    backbones = "backbones"
+    configs = "configs"
+    tasks = "tasks"
+
+
+@app.command("list")
+def list_cmd(
+    what: Annotated[Listing, typer.Argument(help="heads, backbones, configs or tasks.")
+                    ] = Listing.heads,
+) -> None:
+    """What is registered (heads with their options, backbones, plugins' included) or
+    shipped (configs and tasks, with those of ./configs and ./tasks)."""
+    if what is Listing.heads:
+        from fewshot.methods import registered_heads
+
+        for name, cls in sorted(registered_heads().items()):
+            options = ", ".join(f"{o.name}={o.default!r}" if o.default is not o.empty
+                                else o.name for o in cls.options().values())
+            screen.print(f"{name}: {options or 'no options'}", markup=False)
+    elif what is Listing.backbones:
+        from fewshot.models import registered_backbones
+
+        for name in sorted(registered_backbones()):
+            screen.print(name, markup=False)
+        screen.print("timm:<name> (with fewshot[timm])", markup=False)
+    else:
+        from fewshot.data.files import packaged
+
+        folder = what.value
+        for path in sorted(packaged(folder).glob("*.yaml")):
+            screen.print(f"{path.stem} (shipped)", markup=False)
+        for path in sorted(Path(folder).glob("*.yaml")):
+            screen.print(str(path), markup=False)
 
 
 class OutputFormat(StrEnum):

@@ -1,6 +1,6 @@
 """Typed experiment configs: YAML sections, `--set KEY=VALUE` overrides, strict keys.
 
-One schema serves pretrain and meta-train (CONTRACT.md), so a config written for one
+One schema serves pretrain and meta-train, so a config written for one
 can be read by the other and every key is checked before any work starts.
 """
 

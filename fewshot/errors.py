@@ -1,6 +1,6 @@
 """Errors that reach the user as one line: `error: <what> (<where>): <how to fix>`.
 
-The exit code tells scripts which side is at fault (CONTRACT.md): 1 when the inputs
+The exit code tells scripts which side is at fault: 1 when the inputs
 exist but their content has problems, 2 when the command cannot start as asked.
 """
 

@@ -15,10 +15,12 @@ from fewshot.tracking import Tracker
 def results_table(result: dict[str, Any]):
     """A rich table of the results (percentages) with paired differences."""
     title = (f"{result['task']} / {result['split']}: {result['ways']}-way {result['shots']}-shot,"
-             f" {result['queries']} queries, seed {result['seed']}")
+             f" {result['queries']} queries, seed {result['seed']}, {result['protocol']}")
+    if result["protocol"] == "mixed":
+        title += " (inductive and transductive pairs: see the protocol column)"
     table = Table(title=title)
-    for column in ("model", "head", "episodes", "accuracy %", "macro-F1 %", "balanced acc %",
-                   "AUROC %", "Δ acc vs first"):
+    for column in ("model", "head", "protocol", "episodes", "accuracy %", "macro-F1 %",
+                   "balanced acc %", "AUROC %", "Δ acc vs first"):
         table.add_column(column, justify="left" if column in ("model", "head") else "right")
     diffs = {p["other"]: p for p in result["paired"]}
 
@@ -30,7 +32,7 @@ def results_table(result: dict[str, Any]):
         d = diffs.get(label)
         delta = (f"{100 * d['accuracy_difference']['mean']:+.2f} ± "
                  f"{100 * d['accuracy_difference']['ci95']:.2f}") if d else "-"
-        table.add_row(r["model"], r["head"], str(r["episodes"]), pct(r["accuracy"]),
+        table.add_row(r["model"], r["head"], r["protocol"], str(r["episodes"]), pct(r["accuracy"]),
                       pct(r["macro_f1"]), pct(r["balanced_accuracy"]), pct(r["auroc"]), delta)
     return table
 
@@ -57,9 +59,9 @@ def log_results(result: dict[str, Any], use_wandb: bool, quiet: bool, *,
     config = {k: v for k, v in result.items() if k not in ("results", "paired")}
     with Tracker(None, job_type="evaluate", config=config, quiet=quiet, project=project,
                  entity=entity, name=name) as tracker:
-        columns = ["model", "head", "episodes", "accuracy", "accuracy_ci95", "macro_f1",
-                   "balanced_accuracy", "auroc"]
-        rows = [[r["model"], r["head"], r["episodes"], r["accuracy"]["mean"],
+        columns = ["model", "head", "protocol", "episodes", "accuracy", "accuracy_ci95",
+                   "macro_f1", "balanced_accuracy", "auroc"]
+        rows = [[r["model"], r["head"], r["protocol"], r["episodes"], r["accuracy"]["mean"],
                  r["accuracy"]["ci95"], r["macro_f1"]["mean"],
                  r["balanced_accuracy"]["mean"], r["auroc"]["mean"]] for r in result["results"]]
         tracker.log_table("test/results", columns, rows, step=0)

@@ -136,19 +136,6 @@ def load_split_images(task, split: str, size: int | None = None,
     return images, data
 
 
-def place(images: Tensor, device: torch.device | str, fraction: float = 0.5) -> Tensor:
-    """Move the whole cache to `device` when it takes under `fraction` of its free
-    memory (then gathering is on-device too); otherwise leave it memory-mapped."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if images.numel() * images.element_size() > fraction * free:
-            return images
-    elif device.type == "cpu":
-        return images
-    return images.to(device)
-
-
 class Normalize:
     """uint8 images -> float `(x / 255 - mean) / std` in one pass, on `device` if given.
 

@@ -1,4 +1,4 @@
-"""Seeded N-way K-shot Q-query episodes (CONTRACT.md).
+"""Seeded N-way K-shot Q-query episodes.
 
 Episode `i` of a stream is a pure function of `(seed, i)`: its classes and images come
 from a generator seeded with both, so resuming, sharding and comparing methods see the

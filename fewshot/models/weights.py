@@ -82,10 +82,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return {k: v for k, v in data.items() if isinstance(v, Tensor)}
 
 
-def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-
-
 def match_keys(state: dict[str, Tensor], expected: set[str]) -> dict[str, Tensor]:
     """Rename `state`'s keys towards `expected`: drop `module.`, then the prefix that
     matches most keys (e.g. `encoder.`, `backbone.`, `model.`)."""
