@@ -62,7 +62,7 @@ def class_order(count: int, seed: int, name: str) -> np.ndarray:
 def select_support(root: str | Path, shots: int, seed: int, image_size: int,
                    min_classes: int = 2) -> Selection:
     """At most `shots` readable images per class as support; the rest held out."""
-    from fewshot.data.folders import scan_folder
+    from fewshot.data.folders import scan_folder, why_not_used
 
     root = Path(root)
     if shots < 1:
@@ -70,7 +70,7 @@ def select_support(root: str | Path, shots: int, seed: int, image_size: int,
     folder = scan_folder(root)
     if not folder.samples:
         raise DataError("no images found", root, "put images in one sub-folder per class")
-    skipped = [(path, "not an image file (by extension)") for path in folder.others]
+    skipped = [(path, why_not_used(path)) for path in folder.others]
     by_class: list[list[Path]] = [[] for _ in folder.classes]
     for path, label in folder.samples:
         by_class[label].append(path)
@@ -250,6 +250,8 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
     from fewshot.progress import console
 
     base = BaseModel(model)
+    print(f"adapting {base.run.path} ({base.meta.kind} run, trained head {base.meta.head}, "
+          f"{base.meta.backbone})", flush=True)
     adapted = adapt_folder(base, folder, shots=shots, method=method, seed=seed,
                            keep_base=keep_base, device=device, quiet=quiet)
     target = out if out is not None else Path("adapted") / Path(folder).resolve().name

@@ -89,6 +89,42 @@ def restore_tensors(head: nn.Module, tensors: dict[str, Tensor], where: Path) ->
                         "the file is incomplete; re-run fewshot adapt")
 
 
+CLASS_ROWS = ("prototypes", "centroids", "linear.weight", "classifier.weight")
+"""Tensors of a head with one row per class (those a head computed from the support)."""
+
+
+def check_weights(doc: AdaptedMeta, weights: Path) -> None:
+    """adapted.safetensors belongs to this adapted.json and fits its classes: checked from
+    the file's hash and its header, before any tensor is read or any model built."""
+    from safetensors import SafetensorError, safe_open
+
+    from fewshot.data.files import sha256_file
+
+    fix = "re-run fewshot adapt to write the folder again"
+    if not weights.is_file():
+        raise DataError("adapted folder has no adapted.safetensors", weights.parent, fix)
+    if doc.weights_sha256 and sha256_file(weights) != doc.weights_sha256:
+        raise DataError("adapted.safetensors is not the one adapted.json was written with",
+                        weights, fix)
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+            ways = int(handle.get_tensor(f"{TASK_STATE}ways")) \
+                if f"{TASK_STATE}ways" in shapes else None
+    except (SafetensorError, OSError) as exc:
+        raise DataError(f"cannot read adapted weights: {exc}", weights, fix) from None
+    rows = {key: shape[0] for key, shape in shapes.items()
+            if key.endswith(CLASS_ROWS) and shape and not key.startswith("encoder.")}
+    if ways is not None:
+        rows[f"{TASK_STATE}ways"] = ways
+    for key, count in rows.items():
+        if key.endswith("classifier.weight") and ways is not None:
+            continue  # the MAML family's classifier has its built width; ways counts
+        if count != len(doc.classes):
+            raise DataError(f"adapted.json names {len(doc.classes)} classes but the weights "
+                            f"have {count} ('{key}')", weights.parent, fix)
+
+
 class Adapted:
     """A model adapted to new classes: `predict(paths)`, `save(dir)`, `Adapted.load(dir)`."""
 
@@ -120,6 +156,8 @@ class Adapted:
         """Softmax over the classes for uint8 images `[N, C, H, W]`, `[N, len(classes)]`."""
         self.head.eval()
         device = next(self.head.parameters()).device
+        if self.head.transductive:  # one problem: every image of the call at once
+            batch_size = max(len(images), 1)
         out = []
         for start in range(0, len(images), batch_size):
             logits = self.head(self.transform(images[start:start + batch_size].to(device)))
@@ -137,6 +175,8 @@ class Adapted:
         from fewshot.data.files import expand_paths, load_many
 
         files = expand_paths([paths] if isinstance(paths, str | Path) else paths, quiet)
+        if self.head.transductive:  # the images of one call are classified jointly
+            batch_size = max(len(files), 1)
         records: list[dict[str, Any]] = []
         k = min(top_k or 0, len(self.classes))
         for start in range(0, len(files), batch_size):
@@ -171,7 +211,8 @@ class Adapted:
     def document(self) -> AdaptedMeta:
         """The content of adapted.json (validated by its schema as it is built)."""
         return AdaptedMeta(
-            method=self.method, head_options=self.head_options, classes=self.classes,
+            method=self.method, head_options=self.head_options, protocol=self.head.protocol,
+            classes=self.classes,
             backbone=self.info["backbone"], backbone_args=self.info.get("backbone_args", {}),
             preprocessing=Preprocessing(image_size=self.image_size,
                                         normalization=self.info["normalization"]),
@@ -179,7 +220,7 @@ class Adapted:
 
     def save(self, out: str | Path) -> Path:
         """Write the adapted directory (atomic files; adapted.json last)."""
-        from fewshot.data.files import atomic_write, save_tensors
+        from fewshot.data.files import atomic_write, save_tensors, sha256_file
         from fewshot.model_card import render_card
 
         out = Path(out)
@@ -192,6 +233,7 @@ class Adapted:
         # One metadata key: safetensors writes a metadata map in no fixed order, and the
         # same inputs must give byte-identical weights.
         save_tensors(out / WEIGHTS, head_tensors(self.head), {"format": "fewshot-adapted"})
+        doc.weights_sha256 = sha256_file(out / WEIGHTS)
         card = render_card(doc.as_json())
         atomic_write(out / CARD, lambda tmp: tmp.write_text(card, encoding="utf-8"))
         doc.write(out / META)
@@ -211,6 +253,7 @@ class Adapted:
             raise UsageError("not an adapted model folder (no adapted.json)", path,
                              "pass the folder written by fewshot adapt")
         doc = AdaptedMeta.read(path / META)
+        check_weights(doc, path / WEIGHTS)
         prep = doc.preprocessing
         encoder = build_backbone(doc.backbone, image_size=prep.image_size, **doc.backbone_args)
         head = build_head(doc.method, encoder, **doc.head_options)
@@ -219,7 +262,8 @@ class Adapted:
                 "image_size": prep.image_size, "normalization": prep.normalization.model_dump()}
         provenance = doc.as_json()
         for key in ("format_version", "fewshot_version", "kind", "method", "head_options",
-                    "classes", "backbone", "backbone_args", "preprocessing", "metrics"):
+                    "protocol", "classes", "backbone", "backbone_args", "preprocessing",
+                    "metrics", "weights_sha256"):
             provenance.pop(key)
         return cls(head, doc.classes, doc.method, doc.head_options, info, provenance,
                    doc.metrics)

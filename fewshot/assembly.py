@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fewshot.data.images import Normalize
+from fewshot.errors import DataError
 from fewshot.methods import FewShotHead, build_head, head_class
 from fewshot.models import build_backbone
 from fewshot.run import RunDir, resolve_run
@@ -35,11 +36,18 @@ def load_model(run: RunDir | str | Path | None = None, head: str | None = None,
             and "base_mean" in head_class(name).options()):
         options["base_mean"] = run.load_prototypes().base_mean
     model = build_head(name, encoder, **options)
-    if name == meta.head:
-        model.load_state_dict(weights)
-    else:
-        encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in weights.items()
-                                 if k.startswith("encoder.")})
+    try:
+        if name == meta.head:
+            model.load_state_dict(weights)
+        else:
+            encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in weights.items()
+                                     if k.startswith("encoder.")})
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped keys
+        first = str(exc).splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise DataError(f"model.safetensors does not fit model.json ({detail[:160]})",
+                        run.path, "the files come from different runs; re-run the "
+                        "command that wrote them") from None
     model.eval()
     return model, meta
 

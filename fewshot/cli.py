@@ -6,8 +6,11 @@ inputs have problems, 2 the command cannot start as asked, 130 interrupted.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -35,6 +38,9 @@ app.add_typer(data_app, name="data")
 screen = Console(highlight=False, soft_wrap=True)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors.")]
+HEAD_NAMES = ("protonet, simpleshot, linear-probe, finetune, maml, fomaml, anil, metasgd, "
+              "bd-cspn, tim")
+"""The built-in heads, for help texts (which must not import torch to list them)."""
 
 
 def _opt(*decls: str, metavar: str | None = None, help: str, **kw):
@@ -101,7 +107,10 @@ def data_check(
 ) -> None:
     """Per-class table and every problem found: unreadable files, empty or small
     classes, byte-identical and near-duplicate images (across classes: label
-    conflicts). Exit 1 if any."""
+    conflicts). Exit 1 if any.
+
+    Examples: fewshot data check new_disease/ ;
+    fewshot data check DIR --write-groups DIR/groups.csv --group-key '^(\\d+)_'"""
     from fewshot.data.check import check_folder, write_groups_for
 
     if group_key is not None:
@@ -118,6 +127,16 @@ def data_check(
         screen.print(table)
     for kind, path, reason in report.findings:
         screen.print(f"{kind}: {path}: {reason}", markup=False)
+    if group_key is None and not quiet:
+        from fewshot.data.groups import suggest_group_key
+
+        suggested = suggest_group_key(report.paths)
+        if suggested:
+            pattern, groups = suggested
+            screen.print(f"note: the file names share {groups} prefixes ({pattern!r}): if "
+                         "each is one source image, patient or slide, keep it out of both "
+                         f"support and query with --group-key {pattern!r} (and the task's "
+                         "`group`)", markup=False)
     if write_groups is not None:
         count = write_groups_for(report, write_groups, group_key)
         screen.print(f"wrote {count} groups for {len(report.paths)} images to {write_groups}",
@@ -128,6 +147,9 @@ def data_check(
         raise typer.Exit(1)
     screen.print(f"ok: {sum(s.images for s in report.classes)} images in "
               f"{len(report.classes)} classes, no problems found")
+    if len(report.classes) == 1:
+        screen.print("note: one class only: fewshot adapt needs two, or --keep-base to tell "
+                     "it from the model's base classes", markup=False)
 
 
 def _check_regex(pattern: str) -> None:
@@ -148,7 +170,9 @@ def data_sample(
                                         help="Write into a non-empty DIR.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Write the shipped sample's new (novel) classes as a folder to adapt to."""
+    """Write the shipped sample's new (novel) classes as a folder to adapt to.
+
+    Example: fewshot data sample new_disease/"""
     from fewshot.data.sample import write_sample
 
     written = write_sample(folder, force=force)
@@ -203,6 +227,22 @@ def training_config(config: Path | None, overrides: list[str] | None, resume: st
     return load_config(config, extra), run
 
 
+def run_summary(run: Any, seconds: float) -> str:
+    """One line at the end of a training run: where, how long, how far, how good."""
+    m = run.read_meta().metrics
+    unit = "episode" if "episodes_trained" in m else "epoch"
+    done = m.get("episodes_trained", m.get("epochs_trained"))
+    text = f"model written to {run.path} ({seconds / 60:.1f} min, {done} {unit}s"
+    if m.get("val/acc") is not None:
+        ci = m.get("val/acc_ci95")
+        text += (f"; best val accuracy {100 * m['val/acc']:.2f}"
+                 + (f" ± {100 * ci:.2f}" if ci is not None else "")
+                 + f"% at {unit} {m.get('best_' + unit)}")
+    else:
+        text += "; no val classes: the final model is kept"
+    return text + (", stopped early)" if m.get("stopped_early") else ")")
+
+
 def training_command(name: str, entry: str, help_text: str,
                      next_step: Callable[[Any, Any], str]) -> None:
     """Register `fewshot <name>`: one set of options for every training stage; `entry` is
@@ -222,13 +262,11 @@ def training_command(name: str, entry: str, help_text: str,
         cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
                                    wandb_entity, run_name)
         config_dir = config.parent if config is not None else None
+        started = time.monotonic()
         with resumable(name):
             result = stage(cfg, out=out, resume=run, data_root=data_root, config_dir=config_dir,
                            use_wandb=wandb, log_model=log_model, quiet=quiet)
-        best = result.read_meta().metrics.get("val/acc")
-        screen.print(f"model written to {result.path}"
-                     + (f" (val accuracy {100 * best:.2f}%)" if best is not None else ""),
-                     markup=False)
+        screen.print(run_summary(result, time.monotonic() - started), markup=False)
         if not quiet:
             screen.print(next_step(result, cfg), markup=False)
 
@@ -239,13 +277,16 @@ def training_command(name: str, entry: str, help_text: str,
 training_command(
     "meta-train", "fewshot.train.meta_train:meta_train",
     "Meta-train an encoder and head on episodes of the base classes, keeping the model "
-    "that does best on the held-apart val classes. No arguments: the shipped quickstart.",
+    "that does best on the held-apart val classes. No arguments: the shipped quickstart."
+    "\n\nExamples: fewshot meta-train ; fewshot meta-train --config configs/maml-conv4.yaml "
+    "--set train.episodes=500 ; fewshot meta-train --resume",
     lambda run, cfg: "next: fewshot data sample new_disease/   then: "
                      "fewshot adapt --shots 5 new_disease/")
 training_command(
     "pretrain", "fewshot.train.pretrain:pretrain",
     "Supervised pretraining of an encoder on the base classes (cross-entropy), keeping "
-    "the encoder that does best on episodes of the val classes.",
+    "the encoder that does best on episodes of the val classes.\n\nExamples: fewshot "
+    "pretrain --config configs/blood-v1.yaml ; fewshot pretrain --resume RUN_DIR",
     lambda run, cfg: f"next: fewshot evaluate --model {run.path} --head simpleshot "
                      f"--head linear-probe --task {cfg.data.task}")
 
@@ -257,7 +298,8 @@ def evaluate_cmd(
                                      "the first pair is the reference).")],
     task: Annotated[str | None, _opt("--task", "-t", metavar="FILE", help="Task YAML file "
                                      "(default: the --config file's data.task).")] = None,
-    head: Annotated[list[str] | None, _opt("--head", metavar="NAME[:K=V,...]", help="Head, "
+    head: Annotated[list[str] | None, _opt("--head", metavar="NAME[:K=V,...]", help="Head "
+                                           f"({HEAD_NAMES}; plugins: fewshot list heads), "
                                            "with options as NAME:KEY=VALUE[,KEY=VALUE] "
                                            "(repeatable; pairs with --model in order). "
                                            "Default: the model's own head.")] = None,
@@ -282,6 +324,9 @@ def evaluate_cmd(
     max_per_class: Annotated[int | None, _opt(
         "--max-per-class", min=1, metavar="N", help="Draw episodes from a seeded pool of at "
         "most N images per class (bounded CPU runs).")] = None,
+    query_imbalance: Annotated[float | None, _opt(
+        "--query-imbalance", metavar="ALPHA", help="Split the N*Q queries over the classes "
+        "by a seeded Dirichlet(ALPHA) draw, at least 1 each (smaller: more unequal).")] = None,
     json_out: Annotated[Path | None, _opt("--json", metavar="FILE", help="Write every number, "
                                           "per-episode accuracies included, as JSON.")] = None,
     data_root: DataRootOpt = None, device: DeviceOpt = None, wandb: WandbOpt = None,
@@ -289,7 +334,12 @@ def evaluate_cmd(
     run_name: RunNameOpt = None, log_model: LogModelOpt = False, quiet: Quiet = False,
 ) -> None:
     """Score models and heads on the same seeded episodes of a split: accuracy ± 95% CI,
-    macro-F1, balanced accuracy, AUROC, per-class sensitivity, paired differences."""
+    macro-F1, balanced accuracy, AUROC, per-class sensitivity, paired differences.
+    Heads: see `fewshot list heads`.
+
+    Examples: fewshot evaluate --model runs/latest --head simpleshot --head linear-probe
+    --task tasks/blood-rare-rbc.yaml ; fewshot evaluate --config configs/protonet-conv4.yaml
+    --model runs/latest"""
     import json
 
     from fewshot.config import Config, load_config
@@ -307,7 +357,7 @@ def evaluate_cmd(
                       shots=shots or e.shots, queries=queries or e.queries,
                       episodes=episodes or e.episodes, seed=e.seed if seed is None else seed,
                       data_root=data_root, device=device or "auto", slow_episodes=slow_episodes,
-                      max_per_class=max_per_class, quiet=quiet,
+                      max_per_class=max_per_class, quiet=quiet, query_imbalance=query_imbalance,
                       relative_to=config.parent if config is not None else None)
     wide = Console(highlight=False, width=max(screen.width, 140))  # whole numbers in pipes
     wide.print(results_table(result))
@@ -324,27 +374,38 @@ def evaluate_cmd(
 def adapt_cmd(
     folder: Annotated[Path, typer.Argument(metavar="DIR", help="Folder laid out as "
                                            "<class>/<images>: the new classes.")],
-    shots: Annotated[int, typer.Option("--shots", min=1, help="Support images per class "
-                                       "(at most); the rest are held out and scored.")],
-    model: Annotated[Path | None, typer.Option("--model", help="Run directory (default "
-                                               "runs/latest, else the quickstart model).")] = None,
+    shots: Annotated[int, typer.Option("--shots", min=1, metavar="K", help="Support images "
+                                       "per class (at most); the rest are held out and "
+                                       "scored.")],
+    model: Annotated[Path | None, typer.Option("--model", metavar="RUN_DIR", help="Run "
+                                               "directory or shipped model name (default "
+                                               "runs/latest, else the quickstart model).")
+                     ] = None,
     method: Annotated[str | None, typer.Option("--method", metavar="NAME[:K=V,...]",
-                                               help="Head to adapt with, options as "
+                                               help=f"Head to adapt with ({HEAD_NAMES}; "
+                                               "plugins: fewshot list heads), options as "
                                                "NAME:KEY=VALUE[,KEY=VALUE] (default: the "
                                                "model's own).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Adapted model folder "
+    out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Adapted model folder "
                                              "(default adapted/<DIR name>).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the support choice.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="S",
+                                      help="Seed of the support choice.")] = 0,
     keep_base: Annotated[bool, typer.Option("--keep-base", help="Also answer the model's "
                                             "base classes (then one new class is enough).")
                          ] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", metavar="NAME",
+                                        help="auto, cpu, cuda or mps.")] = "auto",
     wandb: WandbOpt = None, wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
-    run_name: RunNameOpt = None, log_model: LogModelOpt = False,
+    run_name: RunNameOpt = None,
+    log_model: Annotated[bool, _opt("--log-model", help="Log the adapted folder (without "
+                                    "its wandb/ files) as a W&B artifact.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Adapt a trained model to the classes of DIR from at most --shots images each, score
-    every other image (leave-out accuracy with a 95% CI) and write the adapted model."""
+    every other image (leave-out accuracy with a 95% CI) and write the adapted model.
+
+    Examples: fewshot adapt --shots 5 new_disease/ ;
+    fewshot adapt --shots 5 new_disease/ --model runs/latest --method linear-probe:steps=50"""
     from fewshot.adapt import adapt_command
     from fewshot.quickstart import quickstart_run
 
@@ -357,6 +418,7 @@ def adapt_cmd(
 
 
 class Listing(StrEnum):
+    all = "all"
     heads = "heads"
     backbones = "backbones"
     configs = "configs"
@@ -365,11 +427,18 @@ class Listing(StrEnum):
 
 @app.command("list")
 def list_cmd(
-    what: Annotated[Listing, typer.Argument(help="heads, backbones, configs or tasks.")
-                    ] = Listing.heads,
+    what: Annotated[Listing, typer.Argument(help="heads, backbones, configs, tasks or all.")
+                    ] = Listing.all,
 ) -> None:
     """What is registered (heads with their options, backbones, plugins' included) or
-    shipped (configs and tasks, with those of ./configs and ./tasks)."""
+    shipped (configs and tasks, with those of ./configs and ./tasks); no argument: all.
+
+    Example: fewshot list heads"""
+    if what is Listing.all:
+        for part in (Listing.heads, Listing.backbones, Listing.configs, Listing.tasks):
+            screen.print(f"{part.value}:", markup=False)
+            list_cmd(part)
+        return
     if what is Listing.heads:
         from fewshot.methods import registered_heads
 
@@ -404,11 +473,11 @@ def predict_cmd(
                                             help="Folder written by fewshot adapt.")],
     paths: Annotated[list[Path], typer.Argument(metavar="PATH...",
                                                 help="Image files or folders (recursive).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")
-                   ] = None,
+    out: Annotated[Path | None, typer.Option("--out", metavar="FILE",
+                                             help="Write here instead of stdout.")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="csv or json.")
                    ] = OutputFormat.csv,
-    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Add the K most "
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, metavar="K", help="Add the K most "
                                               "probable classes as columns.")] = None,
     reject_below: Annotated[float | None, typer.Option(
         "--reject-below", min=0.0, max=1.0, metavar="P",
@@ -416,7 +485,10 @@ def predict_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Predict image files with an adapted model. A file that cannot be read gets an error
-    row and the others are still predicted; the exit code is then 1."""
+    row and the others are still predicted; the exit code is then 1.
+
+    Examples: fewshot predict adapted/new_disease image.png more_images/ ;
+    fewshot predict adapted/new_disease scans/ --format json --top-k 2 --out p.json"""
     from fewshot.predict import predict_command
 
     failed = predict_command(adapted, paths, out=out, fmt=fmt.value, top_k=top_k,
@@ -447,6 +519,9 @@ def _click_error(exc: BaseException) -> int | None:
 def main() -> None:
     """Console entry point: maps failures to one-line errors and their exit codes."""
     debug = os.environ.get("FEWSHOT_DEBUG") == "1"
+    if not debug:  # a library's warning is one line of ours, never a multi-line dump
+        warnings.showwarning = lambda message, *_, **__: print(
+            f"warning: {str(message).splitlines()[0]}", file=sys.stderr)
     try:
         code = app(standalone_mode=False)
     except FewShotError as exc:
@@ -457,6 +532,12 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        print(f"error: {exc.strerror} ({exc.filename or 'writing'}): free disk space and run "
+              "the command again (files are written whole or not at all)", file=sys.stderr)
+        sys.exit(1)
     except Exception as exc:
         status = _click_error(exc)
         if status is None or debug:

@@ -144,6 +144,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"{path}:{line + 1}" if line is not None else path
         raise UsageError("config is not valid YAML", where, "fix the YAML syntax") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise UsageError(f"cannot read config ({reason})", path,
+                         "save it as a UTF-8 YAML file") from None
     if not isinstance(data, dict):
         raise UsageError("config must be a mapping of sections", path, "see configs/*.yaml")
     return data

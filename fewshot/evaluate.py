@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from fewshot.assembly import load_model, model_transform
 from fewshot.data.episodes import EpisodeSampler, episode_labels
+from fewshot.data.files import shipped_model
 from fewshot.data.images import Normalize, decode_all, load_split_images
 from fewshot.data.tasks import SplitData, Task, load_task
 from fewshot.device import pick_device
@@ -41,7 +42,7 @@ from fewshot.methods import FewShotHead, build_head, parse_head_spec, select_opt
 from fewshot.metrics import accuracy_difference, episode_metrics, mean_ci
 from fewshot.models import build_backbone
 from fewshot.progress import PlainProgress, console, make_progress
-from fewshot.run import RunDir
+from fewshot.run import resolve_run
 
 SLOW_EPISODES_CPU = 100
 BASE_MEAN_PER_CLASS = 50
@@ -125,10 +126,10 @@ class Models:
             offered = select_options(name, {**context, "base_mean": self.base_means[spec]})
             head = build_head(name, encoder, **offered, **options)
         else:
-            if not Path(spec).is_dir():
-                raise UsageError("model not found", spec,
-                                 "pass a run directory, 'pixels' or 'random:<backbone>'")
-            name = head_name or RunDir(spec).read_meta().head or "simpleshot"
+            if not Path(spec).is_dir() and shipped_model(spec) is None:
+                raise UsageError("model not found", spec, "pass a run directory, a shipped "
+                                 "model's name, 'pixels' or 'random:<backbone>'")
+            name = head_name or resolve_run(spec).read_meta().head or "simpleshot"
             head, meta = load_model(spec, head=name, **select_options(name, context), **options)
             size = meta.image_size
             normalize = model_transform(meta)
@@ -159,7 +160,8 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
              seed: int = 0, data_root: str | None = None, device: str = "auto",
              slow_episodes: int | None = None, head_options: dict[str, Any] | None = None,
              max_per_class: int | None = None, cache: Models | None = None,
-             relative_to: Path | None = None, quiet: bool = False) -> dict[str, Any]:
+             relative_to: Path | None = None, query_imbalance: float | None = None,
+             quiet: bool = False) -> dict[str, Any]:
     """Score every (model, head) pair on the same seeded episodes; returns the JSON dict.
 
     `cache` (a `Models` of the same task, split, seed and pool) reuses features across
@@ -169,6 +171,8 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
     if split not in ("base", "val", "novel"):
         raise UsageError("unknown split", split, "use base, val or novel")
     dev = pick_device(device)
+    pairs = [(spec, parse_head_spec(head) if head else (None, {}))
+             for spec, head in pair_up(models, heads)]  # every option checked before any work
     if cache is None:
         cache = Models(load_task(task, data_root, relative_to=relative_to), split, seed, dev,
                        quiet, max_per_class)
@@ -176,8 +180,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
     if slow_episodes is None:
         slow_episodes = episodes if dev.type == "cuda" else SLOW_EPISODES_CPU
     candidates: list[Candidate] = []
-    for spec, head_spec in pair_up(models, heads):
-        head_name, options = parse_head_spec(head_spec) if head_spec else (None, {})
+    for spec, (head_name, options) in pairs:
         context = {"seed": seed, **(head_options or {})}
         head, size, normalize = cache.build(spec, head_name, context, options)
         count = episodes if head.feature_based else min(episodes, slow_episodes)
@@ -189,14 +192,14 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
 
     _, data = cache.split_images(candidates[0].image_size)
     sampler = EpisodeSampler(data.labels, ways, shots, queries, episodes=episodes, seed=seed,
-                             groups=data.groups, class_names=data.classes)
+                             groups=data.groups, class_names=data.classes,
+                             query_imbalance=query_imbalance)
     features: dict[int, Tensor] = {}
     for i, c in enumerate(candidates):
         if c.head.feature_based:  # embed once per model; the head then sees features only
             features[i] = cache.split_features(c.model, c.head.encoder, c.image_size,
                                                c.normalize)
     support_labels = episode_labels(ways, shots, dev)
-    query_labels = episode_labels(ways, sampler.queries, dev)
 
     progress = make_progress(quiet)
     plain = PlainProgress("evaluate", episodes, quiet=quiet or not progress.disable)
@@ -205,6 +208,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         for index in range(episodes):
             ep = sampler.episode(index)
             names = [data.classes[c] for c in ep.classes]
+            query_labels = torch.from_numpy(ep.query_labels(sampler.queries)).to(dev)
             for i, c in enumerate(candidates):
                 if index >= c.episodes:
                     continue
@@ -219,6 +223,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         "task": loaded.name, "split": split, "ways": ways, "shots": shots,
         "queries": sampler.queries, "episodes": episodes, "seed": seed,
         "protocol": overall_protocol(candidates), "max_per_class": max_per_class,
+        "query_imbalance": query_imbalance,
         "results": [summarise(c) for c in candidates],
         "paired": [paired(candidates[0], c) for c in candidates[1:]],
     }

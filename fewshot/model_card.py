@@ -61,6 +61,10 @@ def render_card(doc: dict[str, Any]) -> str:
         f"- Base model: `{base.get('path')}` (sha256 `{base.get('sha256')}`), trained on "
         f"task `{base.get('task')}` with head `{base.get('head')}`.",
         f"- Encoder `{doc['backbone']}`; method `{doc['method']}`.",
+        *(["- Transductive: `fewshot predict` classifies the images of one call jointly, so "
+           "a prediction depends on the other images predicted with it (with fewer than two "
+           "images a class on average it falls back to the support prototypes alone)."]
+          if doc.get("protocol") == "transductive" else []),
         f"- Classes: {', '.join(doc['classes'])}.",
     ]
     if doc.get("keep_base"):

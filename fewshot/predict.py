@@ -44,13 +44,21 @@ def render(records: list[dict[str, Any]], classes: list[str], fmt: str, top_k: i
     if fmt == "json":
         return json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([safe_cell(c) for c in columns])
     for row in rows:
-        writer.writerow({key: "" if value is None else
-                         (f"{value:.6f}" if isinstance(value, float) else value)
-                         for key, value in row.items()})
+        writer.writerow(["" if value is None else
+                         (f"{value:.6f}" if isinstance(value, float) else safe_cell(value))
+                         for value in (row[c] for c in columns)])
     return buffer.getvalue()
+
+
+def safe_cell(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR)
+    gets a leading apostrophe; numbers and the JSON output are left as they are."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def predict_command(adapted_dir: Path, paths: list[Path], out: Path | None, fmt: str,
@@ -59,11 +67,16 @@ def predict_command(adapted_dir: Path, paths: list[Path], out: Path | None, fmt:
     from fewshot.adapted import Adapted
     from fewshot.data.files import atomic_write
 
+    if out is not None and out.is_dir():
+        raise UsageError("--out names a folder", out, "pass a file name, e.g. predictions.csv")
     model = Adapted.load(adapted_dir)
     if reject_below is not None and "unknown" in model.classes:
         raise UsageError("a class is named 'unknown', the answer of --reject-below",
                          adapted_dir, "rename that class folder and adapt again")
     records = model.predict(paths, top_k=top_k, reject_below=reject_below, quiet=quiet)
+    if model.head.transductive and not quiet:
+        print(f"note: {model.method} is transductive: the {len(records)} images were "
+              "classified jointly, so each prediction depends on the others", file=sys.stderr)
     text = render(records, model.classes, fmt, top_k or 0)
     if out is None:
         sys.stdout.write(text)

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import sys
 
+from fewshot.data.files import shipped_model
 from fewshot.run import RUNS, RunDir, resolve_run
+
+SHIPPED = "blood-v1"
+"""The model shipped in the package, used when there is no `runs/latest`."""
 
 
 def quickstart_run(quiet: bool = False) -> RunDir:
-    """`runs/latest`, else the quickstart model, trained first (with a message)."""
+    """`runs/latest`, else the model shipped in the package, else the quickstart model,
+    trained first (with a message)."""
     if (RUNS / "latest").exists():
         return resolve_run(None)
+    if shipped_model(SHIPPED) is not None:
+        return resolve_run(SHIPPED)
     from fewshot.config import load_config
     from fewshot.train.meta_train import meta_train
 

@@ -16,6 +16,8 @@ def results_table(result: dict[str, Any]):
     """A rich table of the results (percentages) with paired differences."""
     title = (f"{result['task']} / {result['split']}: {result['ways']}-way {result['shots']}-shot,"
              f" {result['queries']} queries, seed {result['seed']}, {result['protocol']}")
+    if result.get("query_imbalance") is not None:
+        title += f", queries Dirichlet(α={result['query_imbalance']:g})"
     if result["protocol"] == "mixed":
         title += " (inductive and transductive pairs: see the protocol column)"
     table = Table(title=title)
@@ -91,7 +93,7 @@ def log_adapt(adapted, target: Path, quiet: bool, *, project: str = "fewshot",
     m = adapted.metrics
     config = {"method": adapted.method, "classes": adapted.classes, "adapted_dir": str(target)}
     with Tracker(None, job_type="adapt", config=config, quiet=quiet, project=project,
-                 entity=entity, name=name) as tracker:
+                 entity=entity, name=name, wandb_dir=target) as tracker:
         if m.get("heldout"):
             tracker.log({"adapt/accuracy": m["accuracy"], "adapt/ci95_low": m["ci95"][0],
                          "adapt/ci95_high": m["ci95"][1], "adapt/heldout": m["heldout"]},

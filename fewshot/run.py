@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fewshot.data.files import atomic_write, load_tensors, save_tensors
-from fewshot.errors import UsageError
+from fewshot.data.files import atomic_write, load_tensors, save_tensors, shipped_model
+from fewshot.errors import DataError, UsageError
 from fewshot.schema import FORMAT_VERSION, MODEL_JSON, PROTOTYPES, ModelMeta, Prototypes
 from fewshot.version import __version__
 
@@ -51,17 +52,26 @@ class RunDir:
 
     @classmethod
     def create(cls, name: str, out: str | Path | None = None) -> RunDir:
-        """`out` as given, else `runs/<name>-<date>-<time>`; `runs/latest` points to it."""
+        """`out` as given, else `runs/<name>-<date>-<time>` (created atomically, a suffix
+        added when taken), which `runs/latest` then points to; with `out`, no `latest`
+        link is touched. A name is a name: no path separators (`--out` chooses a place)."""
         if out is not None:
             path = Path(out)
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = RUNS / f"{name}-{stamp}"
-            suffix = 1
-            while path.exists():
+            path.mkdir(parents=True, exist_ok=True)
+            return cls(path)
+        if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name:
+            raise UsageError("a run name cannot be a path", name,
+                             "give a plain name (letters, digits, -), or use --out DIR")
+        RUNS.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        suffix = 1
+        while True:
+            path = RUNS / (f"{name}-{stamp}" if suffix == 1 else f"{name}-{stamp}-{suffix}")
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
                 suffix += 1
-                path = RUNS / f"{name}-{stamp}-{suffix}"
-        path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
         run.link_latest()
         return run
@@ -69,7 +79,7 @@ class RunDir:
     def link_latest(self) -> None:
         RUNS.mkdir(exist_ok=True)
         link = RUNS / "latest"
-        tmp = RUNS / f".latest.{os.getpid()}"
+        tmp = RUNS / f".latest.{os.getpid()}.{threading.get_ident()}"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(self.path.resolve(), target_is_directory=True)
         os.replace(tmp, link)
@@ -125,19 +135,51 @@ class RunDir:
         previous = self.path / "checkpoint.old"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        save_tensors(staging / "last.safetensors", weights)
-        torch.save(state, staging / "state.pt")
+        try:
+            save_tensors(staging / "last.safetensors", weights)
+            torch.save(state, staging / "state.pt")
+        except Exception as exc:  # noqa: BLE001 - a full disk, a file-size limit
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DataError(f"cannot write the checkpoint ({exc})".splitlines()[0],
+                            self.checkpoint_dir, "free disk space, then resume: the previous "
+                            "checkpoint is intact") from None
         shutil.rmtree(previous, ignore_errors=True)
         if self.checkpoint_dir.exists():
             os.replace(self.checkpoint_dir, previous)
         os.replace(staging, self.checkpoint_dir)
         shutil.rmtree(previous, ignore_errors=True)
 
-    def _complete_checkpoint(self) -> Path | None:
-        for folder in (self.checkpoint_dir, self.path / "checkpoint.old"):
-            if (folder / "state.pt").is_file() and (folder / "last.safetensors").is_file():
-                return folder
-        return None
+    def _complete_checkpoints(self) -> list[Path]:
+        return [folder for folder in (self.checkpoint_dir, self.path / "checkpoint.old")
+                if (folder / "state.pt").is_file() and (folder / "last.safetensors").is_file()]
+
+    # one writer
+    def lock(self) -> None:
+        """Take the run folder for this process (an exclusive `fcntl` lock on `.lock`, held
+        until the process ends or `unlock`); a second process is refused, exit 2."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / ".lock", "a+")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UsageError(f"run folder is in use by {holder}", self.path,
+                             "wait for it to finish, or stop it first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        handle = getattr(self, "_lock", None)
+        if handle is not None:
+            handle.close()
+            self._lock = None
 
     # reading
     def read_meta(self) -> ModelMeta:
@@ -156,13 +198,46 @@ class RunDir:
         return Prototypes.load(self.prototypes_path)
 
     def load_checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        folder = self._complete_checkpoint()
-        if folder is None:
+        """The newest complete checkpoint; a damaged one falls back to the one before it
+        (`checkpoint.old`, left by an interrupted swap). Never runs code from the file."""
+        import pickle
+
+        folders = self._complete_checkpoints()
+        if not folders:
             raise UsageError("no checkpoint to resume from", self.checkpoint_dir,
                              "start a new run without --resume")
-        weights = load_tensors(folder / "last.safetensors")
-        state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
-        return weights, state
+        problem = ""
+        for folder in folders:
+            try:
+                weights = load_tensors(folder / "last.safetensors")
+                state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
+            except (DataError, pickle.UnpicklingError, EOFError, RuntimeError, OSError,
+                    ValueError, AttributeError) as exc:
+                problem = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                continue
+            if isinstance(state, dict):
+                return weights, state
+            problem = "not a fewshot training state"
+        raise DataError(f"checkpoint cannot be resumed ({problem}; nothing in it was run)",
+                        folders[0], "start a new run without --resume")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Keep the metrics.jsonl records up to `step`: those after the checkpoint a run
+        resumes from are logged again by the resumed run."""
+        import json
+
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill
+        text = "".join(line + "\n" for line in kept)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def restore_training(run: RunDir, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -178,8 +253,11 @@ def restore_training(run: RunDir, model: torch.nn.Module, optimizer: torch.optim
 
 
 def resolve_run(path: str | Path | None) -> RunDir:
-    """A run directory as given, or `runs/latest`; exit 2 when it does not exist."""
+    """A run directory as given (or the name of a model shipped in the package, when no
+    folder of that name exists), or `runs/latest`; exit 2 when it does not exist."""
     target = Path(path) if path is not None else RUNS / "latest"
+    if path is not None and (shipped := shipped_model(path)) is not None:
+        target = shipped
     if not target.is_dir():
         raise UsageError("run directory not found", target,
                          "train one with `fewshot meta-train` or pass --model RUN_DIR")

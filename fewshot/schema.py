@@ -104,6 +104,8 @@ class AdaptedMeta(Document):
     kind: Literal["adapted"] = "adapted"
     method: str
     head_options: dict[str, Any] = Field(default_factory=dict)
+    protocol: Literal["inductive", "transductive"] = "inductive"
+    """`transductive`: a prediction depends on the other images predicted with it."""
     classes: list[str] = Field(min_length=1)
     backbone: str
     backbone_args: dict[str, Any] = Field(default_factory=dict)
@@ -119,6 +121,8 @@ class AdaptedMeta(Document):
     data: dict[str, Any] = Field(default_factory=dict)
     skipped: list[SkippedFile] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    weights_sha256: str | None = None
+    """Of adapted.safetensors: weights copied from another adapted folder are refused."""
 
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

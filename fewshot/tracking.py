@@ -48,8 +48,13 @@ class Tracker:
 
     def __init__(self, run_dir: str | Path | None, *, job_type: str, config: dict | None = None,
                  use_wandb: bool = True, project: str = "fewshot", entity: str | None = None,
-                 name: str | None = None, quiet: bool = False) -> None:
+                 name: str | None = None, quiet: bool = False,
+                 wandb_dir: str | Path | None = None) -> None:
+        """`run_dir` holds metrics.jsonl and W&B's files; `wandb_dir` puts W&B's files
+        elsewhere (an adapted folder, which keeps no metrics.jsonl); with neither, W&B's
+        own default (`./wandb`, or `WANDB_DIR`)."""
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.wandb_dir = Path(wandb_dir) if wandb_dir is not None else self.run_dir
         self.job_type, self.quiet = job_type, quiet
         self.metrics_file = None
         if self.run_dir is not None:
@@ -70,7 +75,7 @@ class Tracker:
             settings = wandb.Settings(silent=True, console="off", x_disable_stats=True)
             self.wandb_run = wandb.init(
                 project=project, entity=entity, name=name, job_type=self.job_type,
-                dir=str(self.run_dir) if self.run_dir else None, mode=self.mode,
+                dir=str(self.wandb_dir) if self.wandb_dir else None, mode=self.mode,
                 config={**config, "fewshot_version": __version__}, settings=settings,
                 reinit="create_new",
             )
@@ -125,12 +130,19 @@ class Tracker:
                 self._warn(exc)
 
     def log_artifact(self, path: Path, name: str, kind: str = "model") -> None:
+        """A file, or a folder's files but its own `wandb/` folder."""
         if self.wandb_run is not None:
             try:
                 import wandb
 
                 artifact = wandb.Artifact(name, type=kind)
-                artifact.add_dir(str(path)) if path.is_dir() else artifact.add_file(str(path))
+                if path.is_dir():
+                    for file in sorted(path.rglob("*")):
+                        relative = file.relative_to(path)
+                        if file.is_file() and relative.parts[0] != "wandb":
+                            artifact.add_file(str(file), name=relative.as_posix())
+                else:
+                    artifact.add_file(str(path))
                 self.wandb_run.log_artifact(artifact)
             except Exception as exc:  # noqa: BLE001
                 self._warn(exc)

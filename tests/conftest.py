@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,40 @@ from PIL import Image
 # The suite's networks are tiny: one thread is faster than two and keeps the
 # subprocesses it starts from competing for the cores.
 torch.set_num_threads(1)
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fewshot"
+# Everything the suite writes goes below one temporary folder: the decoded cache, and the
+# working directory (runs/, ./wandb) of the suite and of the processes it starts.
+SANDBOX = Path(tempfile.mkdtemp(prefix="fewshot-tests-"))
+os.environ["FEWSHOT_CACHE"] = str(SANDBOX / "cache")
+os.environ.setdefault("WANDB_MODE", "offline")
+(SANDBOX / "work").mkdir()
+
+
+def checkout_state() -> set[str]:
+    """Every file git sees in the checkout (ignored ones too), but caches Python writes."""
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                         capture_output=True, text=True, cwd=CHECKOUT)
+    skip = ("__pycache__", ".pytest_cache", ".egg-info", ".ruff_cache")
+    return {line for line in out.stdout.splitlines() if not any(s in line for s in skip)}
+
+
+def cache_state() -> set[str]:
+    return {str(p) for p in USER_CACHE.rglob("*")} if USER_CACHE.exists() else set()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _leave_no_trace():
+    """The suite runs in its own folder and fails if the checkout or the user's cache
+    changed while it ran (a run, a W&B folder or a cache file written outside tmp)."""
+    before, cached = checkout_state(), cache_state()
+    previous = os.getcwd()
+    os.chdir(SANDBOX / "work")
+    yield
+    os.chdir(previous)
+    assert checkout_state() == before, "the test suite changed the checkout"
+    assert cache_state() == cached, f"the test suite wrote into {USER_CACHE}"
 
 
 def write_image(path: Path, rng: np.random.Generator, size: int = 16, colour=None,
@@ -60,12 +96,11 @@ def folder(tmp_path: Path) -> Path:
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real console entry point in a fresh process, as a user would."""
-    import os
-
     full_env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("FEWSHOT_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "fewshot", *args], capture_output=True,
-                          text=True, cwd=cwd, env=full_env, timeout=timeout)
+                          text=True, cwd=cwd or SANDBOX / "work", env=full_env,
+                          timeout=timeout)
 
 
 def wandb_records(wandb_dir: Path) -> list[dict]:

@@ -169,3 +169,32 @@ def test_evaluate_takes_its_defaults_from_a_config(tmp_path) -> None:
     assert (result["ways"], result["shots"], result["queries"], result["episodes"],
             result["seed"]) == (2, 1, 3, 7, 3)
     assert Path(result["task"]).name == "tiny" or result["task"] == "tiny"
+
+
+def test_a_shipped_model_name_resolves_unless_a_folder_has_it(tmp_path, monkeypatch) -> None:
+    from test_adapt import write_run
+
+    import fewshot.data.files as files
+    from fewshot.run import resolve_run
+
+    shelf = tmp_path / "resources"
+    write_run(shelf / "models" / "demo-v1")
+    monkeypatch.setattr(files, "packaged", lambda name: shelf / name)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_run("demo-v1").path == (shelf / "models" / "demo-v1").resolve()
+    result = evaluate(["demo-v1"], ["simpleshot"], write_tiny_task(tmp_path / "t"), ways=2,
+                      shots=1, queries=2, episodes=2, quiet=True)
+    assert result["results"][0]["model"] == "demo-v1"
+    local = write_run(tmp_path / "demo-v1")  # a real folder of that name wins
+    assert resolve_run("demo-v1").path == local.path.resolve()
+    with pytest.raises(UsageError, match="run directory not found"):
+        resolve_run("no-such-model")
+
+
+def test_help_lists_every_built_in_head() -> None:
+    import fewshot.methods.builtin  # noqa: F401
+    from fewshot.cli import HEAD_NAMES
+    from fewshot.methods import HEADS
+
+    assert set(HEAD_NAMES.split(", ")) == {n for n, c in HEADS.items()
+                                           if c.__module__.startswith("fewshot.")}

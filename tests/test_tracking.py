@@ -52,12 +52,19 @@ def test_adapt_logs_an_adapt_run_with_leave_out_accuracy(tmp_path: Path) -> None
     result = run_cli("adapt", "--shots", "2", "--model", str(run.path), str(folder),
                      "--run-name", "adapt-tiny", "--log-model", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    records = wandb_records(tmp_path / "wandb")
+    assert result.stdout.splitlines()[0].startswith(f"adapting {run.path}")  # says which model
+    # the adapt run lives inside the adapted folder, not in ./wandb
+    assert not (tmp_path / "wandb").exists()
+    adapted = tmp_path / "adapted" / "new_disease"
+    records = wandb_records(adapted / "wandb")
     meta = _run_record(records)
     assert (meta["job_type"], meta["display_name"]) == ("adapt", "adapt-tiny")
     assert {"adapt/accuracy", "adapt/heldout", "adapt/sensitivity._type"} <= \
         _history_keys(records)
     assert _artifacts(records).get("adapted-new_disease") == "adapted-model"
+    # predict needs nothing of it
+    predicted = run_cli("predict", str(adapted), str(folder / "alpha"), cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
 
 
 def test_no_wandb_leaves_no_wandb_folder(tmp_path: Path) -> None:

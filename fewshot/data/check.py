@@ -17,7 +17,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from fewshot.data.folders import is_dicom, list_class_files, load_image, scan_folder
+from fewshot.data.folders import (
+    is_dicom,
+    list_class_files,
+    load_image,
+    scan_folder,
+    why_not_used,
+)
 from fewshot.errors import DataError
 
 Finding = tuple[str, Path, str]
@@ -66,7 +72,10 @@ class CheckReport:
 
 def inspect_file(path: Path) -> tuple[str, tuple[int, int] | None, str | None, str | None]:
     """(sha256, size, mode, error) of one file, decoding it fully."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # permission denied, a file gone since the scan
+        return "", None, None, f"cannot open: {exc.strerror or exc}"
     digest = hashlib.sha256(data).hexdigest()
     if is_dicom(path):
         try:
@@ -75,11 +84,14 @@ def inspect_file(path: Path) -> tuple[str, tuple[int, int] | None, str | None, s
             return digest, None, None, exc.what
         return digest, image.size, "DICOM", None
     try:
-        with Image.open(path) as image:
-            image.load()
-            return digest, image.size, image.mode, None
+        with Image.open(path) as image:  # the header only: size and mode as stored
+            size, mode = image.size, image.mode
+        load_image(path)  # decodes within the pixel limit (fewshot.data.folders)
+        return digest, size, mode, None
+    except DataError as exc:
+        return digest, None, None, exc.what.removeprefix("cannot read image: ")
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a finding, not a crash
-        reason = str(exc) or type(exc).__name__
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return digest, None, None, reason
 
 
@@ -91,7 +103,7 @@ def check_folder(root: str | Path, shots: int = 5, queries: int = 15,
     findings: list[Finding] = []
     stats = [ClassStats(name) for name in folder.classes]
     for other in folder.others:
-        findings.append(("not-an-image", other, "not an image file by its extension; "
+        findings.append(("not-an-image", other, f"{why_not_used(other)}; "
                          "move it out of the class folder"))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(inspect_file, folder.paths))

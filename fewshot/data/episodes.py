@@ -31,7 +31,14 @@ class Episode:
     support: np.ndarray
     """Sample indices `[N*K]`, class-major."""
     query: np.ndarray
-    """Sample indices `[N*Q]`, class-major."""
+    """Sample indices `[N*Q]` (or the sum of `query_counts`), class-major."""
+    query_counts: tuple[int, ...] | None = None
+    """Queries per class when they are drawn unequal (`query_imbalance`); None: Q each."""
+
+    def query_labels(self, queries: int) -> np.ndarray:
+        """Episode labels of the query set (class-major)."""
+        counts = self.query_counts or (queries,) * len(self.classes)
+        return np.repeat(np.arange(len(self.classes)), counts)
 
 
 def episode_labels(ways: int, per_class: int, device: torch.device | str | None = None) -> Tensor:
@@ -59,7 +66,11 @@ class EpisodeSampler:
         groups: Sequence[int] | np.ndarray | None = None,
         class_names: Sequence[str] | None = None,
         start: int = 0,
+        query_imbalance: float | None = None,
     ) -> None:
+        """`query_imbalance` (evaluation): the N*Q queries are split over the classes by a
+        Dirichlet(alpha) draw seeded from (seed, index), at least one a class, and capped at
+        what a class has (Veilleux et al. 2021); None: Q queries each."""
         labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels, np.int64)
         self.class_ids = np.unique(labels)
         self.by_class = {int(c): np.flatnonzero(labels == c) for c in self.class_ids}
@@ -87,6 +98,13 @@ class EpisodeSampler:
         self.ways, self.shots, self.queries = ways, shots, queries
         self.episodes, self.seed, self.start = episodes, seed, start
         self.tasks_per_batch = tasks_per_batch
+        if query_imbalance is not None and query_imbalance <= 0:
+            raise UsageError("--query-imbalance must be above 0", query_imbalance,
+                             "e.g. --query-imbalance 2 (smaller: more unequal)")
+        if query_imbalance is not None and tasks_per_batch != 1:
+            raise UsageError("unequal queries are for evaluation, one episode at a time",
+                             "query_imbalance", "use it with fewshot evaluate")
+        self.query_imbalance = query_imbalance
 
     def _name(self, class_id: int) -> str:
         return self.class_names[class_id] if self.class_names else f"class {class_id}"
@@ -98,19 +116,30 @@ class EpisodeSampler:
         """Episode `index`: a pure function of `(seed, index)`."""
         rng = self.rng(index)
         classes = rng.choice(self.class_ids, size=self.ways, replace=False)
+        counts = self._query_counts(rng, classes)
         if self.groups is not None:
-            support, query = self._grouped(rng, classes)
-            return Episode(index, classes, np.concatenate(support), np.concatenate(query))
-        support, query = [], []
-        for class_id in classes.tolist():
-            pool = self.by_class[class_id]
-            order = pool[rng.permutation(len(pool))]
-            support.append(order[: self.shots])
-            query.append(order[self.shots : self.shots + self.queries])
-        return Episode(index, classes, np.concatenate(support), np.concatenate(query))
+            support, query = self._grouped(rng, classes, counts)
+        else:
+            support, query = [], []
+            for class_id, count in zip(classes.tolist(), counts, strict=True):
+                pool = self.by_class[class_id]
+                order = pool[rng.permutation(len(pool))]
+                support.append(order[: self.shots])
+                query.append(order[self.shots : self.shots + count])
+        drawn = tuple(len(q) for q in query) if self.query_imbalance is not None else None
+        return Episode(index, classes, np.concatenate(support), np.concatenate(query), drawn)
 
-    def _grouped(self, rng: np.random.Generator,
-                 classes: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _query_counts(self, rng: np.random.Generator, classes: np.ndarray) -> list[int]:
+        n = len(classes)
+        if self.query_imbalance is None:
+            return [self.queries] * n
+        shares = rng.dirichlet([self.query_imbalance] * n)
+        counts = 1 + rng.multinomial(n * self.queries - n, shares)
+        return [min(int(c), len(self.by_class[int(k)]) - self.shots)
+                for c, k in zip(counts, classes, strict=True)]
+
+    def _grouped(self, rng: np.random.Generator, classes: np.ndarray, counts: list[int]
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Support of each class from whole groups in random order; the query of every
         class only from groups that gave no support image to any class of the episode
         (a patient or source image often holds images of several classes)."""
@@ -130,9 +159,9 @@ class EpisodeSampler:
                 shuffled.append(order)
             used = np.unique(self.groups[np.concatenate(support)])
             query = []
-            for class_id, order in zip(classes.tolist(), shuffled, strict=True):
-                allowed = order[~np.isin(self.groups[order], used)][: self.queries]
-                if len(allowed) < self.queries:
+            for class_id, order, count in zip(classes.tolist(), shuffled, counts, strict=True):
+                allowed = order[~np.isin(self.groups[order], used)][:count]
+                if len(allowed) < count:
                     short = class_id
                     break
                 query.append(allowed)

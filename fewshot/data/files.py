@@ -24,6 +24,15 @@ from fewshot.errors import DataError, FewShotError, UsageError
 from fewshot.progress import track
 
 
+def shipped_model(name: str | Path) -> Path | None:
+    """The folder of a model shipped in the package (`blood-v1`), unless a real folder of
+    that name exists here (it wins), or None."""
+    if Path(name).is_dir() or "/" in str(name) or not str(name):
+        return None
+    folder = packaged("models") / str(name)
+    return folder if (folder / "model.json").is_file() else None
+
+
 def packaged(name: str) -> Path:
     """Path of a file shipped in `fewshot/resources` (quickstart config, task, sample)."""
     return Path(str(resources.files("fewshot") / "resources" / name))
@@ -89,6 +98,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide runs from other users
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # a writer may have made the file anew
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

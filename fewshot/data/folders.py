@@ -46,7 +46,8 @@ class ImageFolder:
     classes: list[str]
     samples: list[tuple[Path, int]]
     others: list[Path] = field(default_factory=list)
-    """Visible files that are not images by extension (reported by `data check`)."""
+    """Visible entries not read as images: other extensions, dangling links, FIFOs
+    (`why_not_used` says which; reported by `data check` and adapt)."""
 
     @property
     def labels(self) -> np.ndarray:
@@ -65,17 +66,45 @@ class ImageFolder:
 
 
 def list_class_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
-    """Images (recursively, sorted) and other visible files under one class folder."""
+    """Images (recursively, sorted) and other visible files under one class folder.
+
+    Linked folders are followed once each, by their real path: a link loop (`ln -s .
+    loop`) or a second link to a folder already read adds nothing. A file reached twice
+    (two links to one file) counts once; FIFOs, sockets and devices are never listed, so
+    nothing blocks opening them.
+    """
     images: list[Path] = []
     others: list[Path] = []
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d)
+                             and os.path.realpath(os.path.join(dirpath, d)) not in seen_dirs)
         for name in sorted(filenames):
             if is_hidden(name):
                 continue
             path = Path(dirpath) / name
-            (images if is_image_file(path) else others).append(path)
+            target = os.path.realpath(path)
+            if target in seen_files:
+                continue  # a second link to a file already listed
+            seen_files.add(target)
+            regular = os.path.isfile(target)  # not a dangling link, a FIFO or a device
+            (images if regular and is_image_file(path) else others).append(path)
     return images, others
+
+
+def why_not_used(path: Path) -> str:
+    """Why a file in `list_class_files`'s second list is not read as an image."""
+    if not path.exists():
+        return "a link to nothing (dangling symlink)"
+    if not path.is_file():
+        return "not a regular file (a FIFO, socket or device)"
+    return "not an image file (by extension)"
 
 
 def scan_folder(root: str | Path, classes: list[str] | None = None) -> ImageFolder:
@@ -173,19 +202,53 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return np.round(scaled).astype(np.uint8)
 
 
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Largest image decoded in full (about 120 MB as RGB); `FEWSHOT_MAX_PIXELS` raises it."""
+Image.MAX_IMAGE_PIXELS = None  # our own limit, checked from the header, replaces Pillow's
+
+
+def max_pixels() -> int:
+    raw = os.environ.get("FEWSHOT_MAX_PIXELS", "")
+    try:
+        return int(raw) if raw else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise UsageError("FEWSHOT_MAX_PIXELS must be a whole number", raw,
+                         f"e.g. FEWSHOT_MAX_PIXELS={DEFAULT_MAX_PIXELS}") from None
+
+
 def load_image(path: str | Path, size: int | None = None) -> Image.Image:
-    """Decode fully (so truncated files fail here), convert by the rule, resize square."""
+    """Decode fully (so truncated files fail here), convert by the rule, resize square.
+
+    Only regular files are opened (a FIFO would block). The header is read first: a JPEG
+    larger than `FEWSHOT_MAX_PIXELS` is decoded reduced (`draft`, a power-of-two scale,
+    enough for any training size); any other image above it is refused, before its
+    pixels take memory."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError("not a regular file", path, "replace it with an image file")
     if is_dicom(path):
         rgb = read_dicom(path)
     else:
+        limit = max_pixels()
         try:
             with Image.open(path) as image:
+                width, height = image.size
+                if width * height > limit and image.format == "JPEG":
+                    # draft() scales by powers of two to at least the size asked, so ask
+                    # for half the side that fits: the result is within the limit
+                    ratio = (limit / (width * height)) ** 0.5 / 2
+                    image.draft("RGB", (max(1, int(width * ratio)), max(1, int(height * ratio))))
+                    width, height = image.size
+                if width * height > limit:
+                    raise DataError(f"image of {width}x{height} pixels is above the limit of "
+                                    f"{limit:,}", path, "downscale it, or raise "
+                                    "FEWSHOT_MAX_PIXELS")
                 image.load()
                 rgb = to_rgb8(image)
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(
-                f"cannot read image: {exc}", path, "replace or remove the file"
+                f"cannot read image: {first}", path, "replace or remove the file"
             ) from None
     if size is not None and rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)

@@ -97,3 +97,18 @@ def write_group_csv(path: Path, root: Path, paths: list[Path], groups: list[str]
         for image, group in zip(paths, groups, strict=True):
             writer.writerow([image.relative_to(root).as_posix(), group])
     temp.replace(path)
+
+
+GROUP_PATTERNS = (r"^(\d+)[_-]", r"^([A-Za-z]+\d+)[_-]", r"^([^_\-.]+)[_-]")
+"""Name prefixes that often name a source: `<smear>_<cell>.jpg`, `P012-...`, `slideA_...`."""
+
+
+def suggest_group_key(paths: list[Path]) -> tuple[str, int] | None:
+    """(pattern, groups) when most file names share prefixes that look like a source id
+    (nine in ten names match, at most half as many groups as files, at least two)."""
+    for pattern in GROUP_PATTERNS:
+        found = [m.group(1) for p in paths if (m := re.match(pattern, p.name))]
+        groups = len(set(found))
+        if paths and len(found) >= 0.9 * len(paths) and 2 <= groups <= len(found) / 2:
+            return pattern, groups
+    return None

@@ -164,6 +164,10 @@ def load_task(task: str | Path, data_root: str | Path | None = None,
         spec = TaskSpec.model_validate(raw)
     except yaml.YAMLError:
         raise UsageError("task file is not valid YAML", source, "fix its syntax") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise UsageError(f"cannot read task file ({reason})", source,
+                         "save it as a UTF-8 YAML file") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])

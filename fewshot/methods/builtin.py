@@ -2,6 +2,7 @@
 
 from fewshot.methods import (  # noqa: F401
     anil,
+    bd_cspn,
     finetune,
     fomaml,
     linear_probe,
@@ -9,4 +10,5 @@ from fewshot.methods import (  # noqa: F401
     metasgd,
     protonet,
     simpleshot,
+    tim,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -17,3 +18,13 @@ def class_means(features: Tensor, labels: Tensor, ways: int | None = None) -> Te
 def squared_distances(query: Tensor, prototypes: Tensor) -> Tensor:
     """`[M, N]` squared Euclidean distances, computed exactly (no matmul expansion)."""
     return (query[:, None, :] - prototypes[None, :, :]).pow(2).sum(-1)
+
+
+def cosine(features: Tensor, prototypes: Tensor) -> Tensor:
+    """`[M, N]` cosine similarities."""
+    return F.normalize(features, dim=-1) @ F.normalize(prototypes, dim=-1).T
+
+
+MIN_QUERIES_PER_CLASS = 2
+"""Transductive heads use a query batch of at least this many images a class on average;
+with fewer (a single image to predict) they fall back to their inductive rule."""

@@ -43,7 +43,9 @@ class LoadReport:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors of a `.safetensors` / `.pt` / `.pth` file or of a run directory's model."""
-    path = Path(path)
+    from fewshot.data.files import shipped_model
+
+    path = shipped_model(path) or Path(path)
     if path.is_dir():
         if not (path / "model.safetensors").is_file():
             raise UsageError("not a fewshot run directory (no model.safetensors)", path,
@@ -174,7 +176,9 @@ def load_weights(model: nn.Module, weights: str | Path | None, backbone: str) ->
         return None
     if str(weights) == "imagenet":
         return load_into(model, imagenet_state_dict(backbone), f"imagenet ({backbone})")
+    from fewshot.data.files import shipped_model
+
     state = read_state_dict(weights)
-    if Path(weights).is_dir():  # a run directory: its encoder, not its classifier
+    if Path(weights).is_dir() or shipped_model(weights):  # a run: its encoder only
         state = {k: v for k, v in state.items() if k.startswith("encoder.")}
     return load_into(model, state, str(weights))

@@ -85,6 +85,11 @@ class LoopState:
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
 
+    def best_ci(self) -> float | None:
+        """The 95% CI half-width of the best validation (None before any)."""
+        best = [h["ci"] for h in self.history if h["acc"] == self.best_acc]
+        return best[0] if best else None
+
 
 class Objective(Protocol):
     """An extra loss on a stream of its own (unlabeled images, another domain), added to the
@@ -215,9 +220,12 @@ def base_prototypes(encoder: nn.Module, images: Tensor, data: SplitData, transfo
 
 def open_run(config: Config, name: str, out: str | Path | None, resume: RunDir | None
              ) -> RunDir:
+    """The run folder, locked for this process (a resumed one is locked by the caller
+    before any data is read)."""
     if resume is not None:
         return resume
     run = RunDir.create(config.name or name, out)
+    run.lock()
     run.write_config(config)
     return run
 
@@ -233,6 +241,7 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
         saved = restore_training(run, stage.model, stage.optimizer, stage.scheduler)
         state = LoopState(**saved["train"]["loop"])
         stage.load_state_dict(saved["train"]["stage"])
+        run.truncate_metrics(state.position)
 
     wandb_on = config.tracking.wandb if use_wandb is None else use_wandb
     tracker = Tracker(run.path, job_type=stage.kind, config=config.to_dict(),
@@ -282,7 +291,7 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
     if stage.validate_at_start() and state.position == 0 and not state.history:
         validate()
     stage.model.train()
-    batches = stage.batches(state.position) if not state.stopped_early else iter(())
+    batches = stage.batches(state.position) if not state.stopped_early else (b for b in ())
     with StopFlag() as stop, progress, contextlib.closing(batches):
         bar = progress.add_task(stage.kind, total=stage.total, completed=state.position,
                                 status="")
@@ -310,6 +319,7 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
             if stop.requested:
                 checkpoint()
                 tracker.finish(exit_code=130)
+                run.unlock()
                 raise Interrupted(run)
             if state.stopped_early:
                 break
@@ -329,4 +339,5 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
     if log_model:
         tracker.log_artifact(run.path, name=f"model-{run.path.name}")
     tracker.finish()
+    run.unlock()
     return run

@@ -201,6 +201,7 @@ class MetaTrainStage(Stage):
             head_options=head_options(config, self.t.ways, head.encoder.feature_dim),
             classes={split: task.classes(split) for split in ("base", "val", "novel")},
             metrics={"val/acc": state.best_acc if math.isfinite(state.best_acc) else None,
+                     "val/acc_ci95": state.best_ci(),
                      "best_episode": state.best_at, "episodes_trained": state.position,
                      "stopped_early": state.stopped_early})
 
@@ -221,6 +222,8 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
     config.data.task = str(task.source.resolve())  # config.yaml must resolve from anywhere
     if config.model.weights and Path(config.model.weights).exists():
         config.model.weights = str(Path(config.model.weights).resolve())
+    if resume is not None:
+        resume.lock()  # before any data is read: a second process stops here
     stage = MetaTrainStage(config, task, device, quiet)
     run = open_run(config, "meta-train", out, resume)
     return train(stage, config, run, resumed=resume is not None, objectives=objectives,

@@ -200,6 +200,7 @@ class PretrainStage(Stage):
             feature_dim=int(self.model.encoder.feature_dim), head="simpleshot",
             classes={split: task.classes(split) for split in ("base", "val", "novel")},
             metrics={"val/acc": state.best_acc if math.isfinite(state.best_acc) else None,
+                     "val/acc_ci95": state.best_ci(),
                      "best_epoch": state.best_at, "epochs_trained": self.count(state.position),
                      "stopped_early": state.stopped_early})
 
@@ -226,6 +227,8 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
     torch.manual_seed(config.train.seed)
     task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
     config.data.task = str(task.source.resolve())  # config.yaml must resolve from anywhere
+    if resume is not None:
+        resume.lock()  # before any data is read: a second process stops here
     stage = PretrainStage(config, task, device, resume is not None, quiet)
     run = open_run(config, "pretrain", out, resume)
     return train(stage, config, run, resumed=resume is not None, objectives=objectives,

@@ -1,0 +1,62 @@
+"""The registry of result rows behind experiments/RESULTS.md.
+
+A row group is a task, the training stages its models need (each a fewshot command whose
+run directory is cached under experiments/runs/) and the (model, head) pairs it scores.
+A new group is a module in this folder that calls `register`; the harness
+(experiments/run.py) finds it, trains what is missing and scores every pair on the same
+episodes as every other row of its task.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stage:
+    """A training run: `fewshot <command> --config <config> --out experiments/runs/<name>`."""
+
+    name: str
+    command: str
+    config: str
+    sets: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pair:
+    model: str
+    """A stage name (its run directory), `pixels` or `random:<backbone>`."""
+    head: str
+    label: str = ""
+    episodes: int | None = None
+    """Fewer episodes than the tier's (heads that re-run the encoder); None: all."""
+
+
+@dataclass
+class Group:
+    name: str
+    task: str
+    tier: str
+    pairs: list[Pair]
+    stages: list[Stage] = field(default_factory=list)
+    shots: tuple[int, ...] = (1, 5)
+    note: str = ""
+    reference: str = ""
+    """The label of the row its rows are paired against (default: the task's first row)."""
+
+
+GROUPS: list[Group] = []
+
+
+def register(group: Group) -> Group:
+    GROUPS.append(group)
+    return group
+
+
+def load_groups() -> list[Group]:
+    """Every group of every module in this package, in module order."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{info.name}")
+    return GROUPS

@@ -1,0 +1,218 @@
+"""Regenerate experiments/RESULTS.md and experiments/RESULTS.json in one command:
+
+    python experiments/run.py --tier cpu [--only GROUP ...] [--episodes 600] [--no-train]
+
+Row groups come from the registry in experiments/rows/ (one module per group of rows).
+Training stages are cached under experiments/runs/<stage>/ (git-ignored): a finished
+stage is reused by every row, an interrupted one is resumed, so a tier can run in several
+sittings. Each (task, shots) evaluation is cached too (experiments/runs/eval/), keyed by
+its pairs and episodes, and every row of a task is scored on the same seeded episodes,
+with its paired difference against the task's first row (the reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "experiments" / "runs"
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from rows import Group, Pair, Stage, load_groups  # noqa: E402
+
+from fewshot.data.tasks import load_task  # noqa: E402
+from fewshot.device import pick_device  # noqa: E402
+from fewshot.evaluate import Models, evaluate  # noqa: E402
+from fewshot.metrics import accuracy_difference  # noqa: E402
+
+WAYS, QUERIES, SEED = 5, 15, 0
+
+
+def stage_dir(stage: Stage) -> Path:
+    return RUNS / stage.name
+
+
+def stage_done(stage: Stage) -> bool:
+    """Finished: model.json written at the end of the run (its prototypes come last)."""
+    return (stage_dir(stage) / "prototypes.safetensors").is_file() and \
+        (stage_dir(stage) / "model.json").is_file()
+
+
+def train(stage: Stage) -> None:
+    """Run (or resume) a stage with the fewshot CLI; its output goes to the terminal."""
+    out = stage_dir(stage)
+    command = [sys.executable, "-m", "fewshot", stage.command, "--no-wandb"]
+    if (out / "checkpoint").is_dir() or (out / "checkpoint.old").is_dir():
+        command += ["--resume", str(out)]
+    else:
+        command += ["--config", str(ROOT / stage.config), "--out", str(out)]
+    for assignment in stage.sets:
+        command += ["--set", assignment]
+    print("+ " + " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def training_minutes(stage: Stage) -> float | None:
+    path = stage_dir(stage) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    times = [json.loads(line)["time"] for line in path.read_text().splitlines()
+             if '"time"' in line]
+    return round((max(times) - min(times)) / 60, 1) if times else None
+
+
+def model_spec(pair: Pair, stages: dict[str, Stage]) -> str:
+    return str(stage_dir(stages[pair.model])) if pair.model in stages else pair.model
+
+
+def command_of(task: str, pair: Pair, stages: dict[str, Stage], shots: int,
+               episodes: int) -> str:
+    model = pair.model if pair.model not in stages else f"experiments/runs/{pair.model}"
+    parts = [f"fewshot evaluate --model {model} --head {pair.head} --task {task}",
+             f"--ways {WAYS} --shots {shots} --queries {QUERIES} --episodes {episodes}",
+             f"--seed {SEED}"]
+    if pair.model in stages:
+        stage = stages[pair.model]
+        parts.insert(0, f"fewshot {stage.command} --config {stage.config} "
+                        f"--out experiments/runs/{stage.name} &&")
+    return " ".join(parts)
+
+
+def score(task: str, pairs: list[Pair], stages: dict[str, Stage], shots: int,
+          episodes: int, cache: Models) -> list[dict]:
+    """Result rows (evaluate's, plus wall seconds) of every pair, cached on disk."""
+    specs = [(model_spec(p, stages), p.head, min(p.episodes or episodes, episodes))
+             for p in pairs]
+    key = hashlib.sha256(json.dumps([task, shots, episodes, specs]).encode()).hexdigest()[:16]
+    cached = RUNS / "eval" / f"{key}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    rows = []
+    for model, head, count in specs:  # one call a pair: same episodes, its own wall time
+        started = time.monotonic()
+        result = evaluate([model], [head], task, ways=WAYS, shots=shots, queries=QUERIES,
+                          episodes=count, seed=SEED, device="cpu", slow_episodes=count,
+                          cache=cache)
+        row = result["results"][0]
+        row["wall_s"] = round(time.monotonic() - started, 1)
+        rows.append(row)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(rows))
+    return rows
+
+
+def compute(seconds: float, stage: Stage | None) -> dict:
+    return {"device": f"cpu ({os.cpu_count()} cores, {platform.processor() or 'x86_64'})",
+            "evaluation_s": seconds,
+            "training_min": training_minutes(stage) if stage else None,
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tier", choices=["cpu", "gpu"], required=True)
+    parser.add_argument("--only", nargs="*", default=None, help="row groups to run")
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--no-train", action="store_true",
+                        help="score only what is trained; list the rest as not run")
+    args = parser.parse_args()
+
+    groups = [g for g in load_groups() if g.tier == args.tier
+              and (args.only is None or g.name in args.only)]
+    rows, missing = [], []
+    by_task: dict[str, list[Group]] = {}
+    for group in groups:
+        by_task.setdefault(group.task, []).append(group)
+    for task, task_groups in by_task.items():
+        loaded = load_task(ROOT / task)
+        cache = Models(loaded, "novel", SEED, pick_device("cpu"), quiet=False)
+        pairs, stages = [], {}
+        for group in task_groups:
+            ready = True
+            for stage in group.stages:
+                stages[stage.name] = stage
+                if not stage_done(stage):
+                    if args.no_train:
+                        ready = False
+                        continue
+                    train(stage)
+            if ready:
+                pairs += [(group, p) for p in group.pairs]
+            else:
+                missing.append(group.name)
+        for shots in sorted({s for g in task_groups for s in g.shots}):
+            scored = score(task, [p for _, p in pairs], stages, shots, args.episodes, cache)
+            labels = [p.label or f"{p.model} + {p.head}" for _, p in pairs]
+            for (group, pair), result in zip(pairs, scored, strict=True):
+                reference = group.reference or labels[0]
+                if reference not in labels:
+                    raise SystemExit(f"group {group.name}: no row '{reference}' to pair with")
+                diff = accuracy_difference(scored[labels.index(reference)]
+                                           ["per_episode_accuracy"],
+                                           result["per_episode_accuracy"])
+                stage = stages.get(pair.model)
+                rows.append({
+                    "group": group.name, "label": pair.label or f"{pair.model} + {pair.head}",
+                    "task": loaded.name, "ways": WAYS, "shots": shots, "queries": QUERIES,
+                    "model": pair.model, "head": pair.head, "protocol": result["protocol"],
+                    "episodes": result["episodes"],
+                    **{k: result[k] for k in ("accuracy", "macro_f1", "auroc")},
+                    "paired": {"reference": reference, "episodes": diff["episodes"],
+                               "mean": diff["mean"], "ci95": diff["ci95"]},
+                    "seeds": {"episodes": SEED, "training": [0] if stage else []},
+                    "command": command_of(task, pair, stages, shots, result["episodes"]),
+                    "compute": compute(result["wall_s"], stage)})
+    write(rows, missing, args)
+
+
+def pct(entry: dict) -> str:
+    return f"{100 * entry['mean']:.1f} ± {100 * entry['ci95']:.1f}"
+
+
+def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> None:
+    out = ROOT / "experiments"
+    (out / "RESULTS.json").write_text(json.dumps({"tier": args.tier, "rows": rows},
+                                                 indent=2) + "\n")
+    lines = ["# Results", "",
+             f"Written by `python experiments/run.py --tier {args.tier}`; every row of a task "
+             f"on the same seeded episodes ({WAYS}-way, {QUERIES} queries, seed {SEED}; "
+             "inductive unless the protocol column says otherwise), accuracy, macro-F1 and "
+             "AUROC as mean ± 95% CI over episodes, and the paired accuracy difference "
+             "against the task's first row. Commands, compute and load average per row are in "
+             "RESULTS.json.", ""]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        lines += [f"## {task}", "",
+                  "| row | shots | episodes | accuracy % | macro-F1 % | AUROC % | "
+                  "vs reference, points | protocol | train min | eval s | load avg |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted((r for r in rows if r["task"] == task),
+                        key=lambda r: (r["shots"], rows.index(r))):
+            p = r["paired"]
+            vs = ("reference" if p["reference"] == r["label"] else
+                  f"{100 * p['mean']:+.1f} ± {100 * p['ci95']:.1f} vs {p['reference']}")
+            c = r["compute"]
+            lines.append(f"| {r['label']} | {r['shots']} | {r['episodes']} | "
+                         f"{pct(r['accuracy'])} | {pct(r['macro_f1'])} | {pct(r['auroc'])} | "
+                         f"{vs} | {r['protocol']} | {c['training_min'] or '-'} | "
+                         f"{c['evaluation_s']:.0f} | {c['load_average'][0]} |")
+        lines.append("")
+    if missing:
+        lines += ["Not run (their training stages are not in experiments/runs/): "
+                  + ", ".join(missing), ""]
+    (out / "RESULTS.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

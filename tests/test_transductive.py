@@ -1,0 +1,89 @@
+"""Transductive heads (bd-cspn, tim): against easyfsl's own implementations on the same
+features and episodes, labelled transductive, and falling back to their inductive rule
+when the query batch is too small to use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fewshot.methods import build_head
+
+
+def episodes(count: int, ways: int = 5, shots: int = 5, queries: int = 15, dim: int = 32,
+             seed: int = 0):
+    """Gaussian classes around random centres, hard enough that heads differ."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(count):
+        centres = torch.randn(ways, dim, generator=generator) * 0.6 + 1.0
+        support = centres.repeat_interleave(shots, 0) + torch.randn(ways * shots, dim,
+                                                                    generator=generator)
+        query = centres.repeat_interleave(queries, 0) + torch.randn(ways * queries, dim,
+                                                                    generator=generator)
+        yield (support, torch.arange(ways).repeat_interleave(shots), query,
+               torch.arange(ways).repeat_interleave(queries))
+
+
+def accuracy(head, count: int = 40, **shape) -> float:
+    hits = []
+    for support, labels, query, truth in episodes(count, **shape):
+        head.process_support_set(support, labels)
+        hits.append((head(query).argmax(-1) == truth).float().mean().item())
+    return sum(hits) / len(hits)
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [("bd-cspn", "BDCSPN"), ("tim", "TIM")])
+def test_matches_easyfsl_on_the_same_features_and_episodes(ours: str, theirs: str) -> None:
+    methods = pytest.importorskip("easyfsl.methods")
+    base_mean = torch.full((32,), 1.0)
+    mine = build_head(ours, nn.Identity(), base_mean=base_mean)
+    reference = getattr(methods, theirs)(nn.Identity(), feature_centering=base_mean,
+                                         feature_normalization=2)
+    ours_acc, theirs_acc = accuracy(mine), accuracy(reference)
+    assert abs(ours_acc - theirs_acc) < 0.01, (ours_acc, theirs_acc)
+
+
+@pytest.mark.parametrize("name", ["bd-cspn", "tim"])
+def test_uses_the_query_batch_and_says_so(name: str) -> None:
+    head = build_head(name, nn.Identity())
+    assert head.transductive and head.protocol == "transductive" and head.feature_based
+    simpleshot = build_head("simpleshot", nn.Identity())
+    assert accuracy(head, shots=1) > accuracy(simpleshot, shots=1)  # the batch helps here
+    support, labels, query, _ = next(episodes(1))
+    head.process_support_set(support, labels)
+    alone = head(query[:1])
+    together = head(query)[:1]
+    assert not torch.allclose(alone, together)  # a prediction depends on the batch...
+    few = head(query[:3])  # ...unless it is too small: the inductive rule (prototypes)
+    assert torch.allclose(few, head.temperature * torch.nn.functional.normalize(query[:3])
+                          @ torch.nn.functional.normalize(head.prototypes).T, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["bd-cspn", "tim"])
+def test_is_deterministic(name: str) -> None:
+    first = build_head(name, nn.Identity())
+    second = build_head(name, nn.Identity())
+    assert accuracy(first, count=5) == accuracy(second, count=5)
+
+
+def test_imbalanced_queries_are_seeded_class_major_and_recorded(tmp_path) -> None:
+    import numpy as np
+
+    from conftest import write_tiny_task
+    from fewshot.data.episodes import EpisodeSampler
+    from fewshot.evaluate import evaluate
+
+    labels = np.repeat(np.arange(4), 30)
+    sampler = EpisodeSampler(labels, 3, 2, 6, seed=1, query_imbalance=0.5)
+    first, again = sampler.episode(5), sampler.episode(5)
+    assert first.query_counts == again.query_counts and sum(first.query_counts) == 18
+    assert min(first.query_counts) >= 1 and len(set(first.query_counts)) > 1
+    assert np.array_equal(labels[first.query], first.classes[first.query_labels(6)])
+    balanced = EpisodeSampler(labels, 3, 2, 6, seed=1).episode(5)
+    assert balanced.query_counts is None and len(balanced.query) == 18
+
+    task = write_tiny_task(tmp_path)
+    result = evaluate(["pixels"], ["simpleshot", "tim"], task, ways=2, shots=2, queries=3,
+                      episodes=4, query_imbalance=2.0, quiet=True)
+    assert result["query_imbalance"] == 2.0 and result["protocol"] == "mixed"
