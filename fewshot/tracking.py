@@ -75,7 +75,8 @@ class Tracker:
             settings = wandb.Settings(silent=True, console="off", x_disable_stats=True)
             self.wandb_run = wandb.init(
                 project=project, entity=entity, name=name, job_type=self.job_type,
-                dir=str(self.wandb_dir) if self.wandb_dir else None, mode=self.mode,
+                # absolute: a shared wandb-core service resolves paths from its own folder
+                dir=str(self.wandb_dir.resolve()) if self.wandb_dir else None, mode=self.mode,
                 config={**config, "fewshot_version": __version__}, settings=settings,
                 reinit="create_new",
             )

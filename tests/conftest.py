@@ -98,6 +98,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     """Run the real console entry point in a fresh process, as a user would."""
     full_env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("FEWSHOT_DEBUG", None)
+    full_env.pop("WANDB_SERVICE", None)  # a fresh process, as a user's: no shared W&B service
     return subprocess.run([sys.executable, "-m", "fewshot", *args], capture_output=True,
                           text=True, cwd=cwd or SANDBOX / "work", env=full_env,
                           timeout=timeout)
