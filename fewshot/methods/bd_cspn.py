@@ -11,38 +11,19 @@ queries a class on average, the support prototypes alone (inductive).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fewshot.methods.base import FewShotHead, register_head
-from fewshot.methods.common import MIN_QUERIES_PER_CLASS, class_means, cosine
-from fewshot.methods.simpleshot import centre_normalise
+from fewshot.methods.base import register_head
+from fewshot.methods.common import cosine
+from fewshot.methods.transductive import TransductivePrototypes
 
 
 @register_head("bd-cspn")
-class BDCSPN(FewShotHead):
-    def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None,
-                 temperature: float = 10.0) -> None:
-        super().__init__(encoder)
-        self.temperature = temperature
-        self.register_buffer("base_mean", torch.empty(0) if base_mean is None
-                             else base_mean.detach().float().clone(), persistent=False)
-        self.register_buffer("support_features", torch.empty(0), persistent=False)
-        self.register_buffer("support_labels", torch.empty(0, dtype=torch.long),
-                             persistent=False)
-        self.register_buffer("prototypes", torch.empty(0), persistent=False)
+class BDCSPN(TransductivePrototypes):
+    """Options: base_mean, temperature."""
 
-    @property
-    def transductive(self) -> bool:
-        return True
-
-    def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
-        self.support_features = centre_normalise(self.encoder(support), self.base_mean)
-        self.support_labels = support_labels
-        self.prototypes = class_means(self.support_features, support_labels)
-
-    def rectified(self, query: Tensor) -> Tensor:
+    def refined(self, query: Tensor) -> Tensor:
         """Prototypes from the support and the shifted, pseudo-labelled query batch."""
         support, ways = self.support_features, self.prototypes.shape[0]
         query = query + (support.mean(0, keepdim=True) - query.mean(0, keepdim=True))
@@ -53,9 +34,3 @@ class BDCSPN(FewShotHead):
         query_weight = query_hot * query_scores
         total = support_weight.sum(0) + query_weight.sum(0)
         return (support_weight.T @ support + query_weight.T @ query) / total[:, None]
-
-    def forward(self, query: Tensor) -> Tensor:
-        features = centre_normalise(self.encoder(query), self.base_mean)
-        if len(features) < MIN_QUERIES_PER_CLASS * self.prototypes.shape[0]:
-            return self.temperature * cosine(features, self.prototypes)  # too few to use
-        return self.temperature * cosine(features, self.rectified(features))

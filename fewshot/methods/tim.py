@@ -16,38 +16,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewshot.methods.base import FewShotHead, register_head
-from fewshot.methods.common import MIN_QUERIES_PER_CLASS, class_means, cosine
-from fewshot.methods.simpleshot import centre_normalise
+from fewshot.methods.base import register_head
+from fewshot.methods.common import cosine
+from fewshot.methods.transductive import TransductivePrototypes
 
 
 @register_head("tim")
-class TIM(FewShotHead):
+class TIM(TransductivePrototypes):
     def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None,
                  steps: int = 50, lr: float = 1e-4, temperature: float = 10.0,
                  cross_entropy_weight: float = 1.0, marginal_entropy_weight: float = 1.0,
                  conditional_entropy_weight: float = 0.1) -> None:
-        super().__init__(encoder)
-        self.steps, self.lr, self.temperature = steps, lr, temperature
+        super().__init__(encoder, base_mean, temperature)
+        self.steps, self.lr = steps, lr
         self.weights = (cross_entropy_weight, marginal_entropy_weight,
                         conditional_entropy_weight)
-        self.register_buffer("base_mean", torch.empty(0) if base_mean is None
-                             else base_mean.detach().float().clone(), persistent=False)
-        self.register_buffer("support_features", torch.empty(0), persistent=False)
-        self.register_buffer("support_labels", torch.empty(0, dtype=torch.long),
-                             persistent=False)
-        self.register_buffer("prototypes", torch.empty(0), persistent=False)
 
-    @property
-    def transductive(self) -> bool:
-        return True
-
-    def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
-        self.support_features = centre_normalise(self.encoder(support), self.base_mean)
-        self.support_labels = support_labels
-        self.prototypes = class_means(self.support_features, support_labels)
-
-    def fitted(self, query: Tensor) -> Tensor:
+    def refined(self, query: Tensor) -> Tensor:
+        """The prototypes after `steps` Adam steps on the TIM loss."""
         ce_weight, marginal_weight, conditional_weight = self.weights
         prototypes = self.prototypes.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([prototypes], lr=self.lr)
@@ -65,9 +51,3 @@ class TIM(FewShotHead):
                 loss.backward()
                 optimizer.step()
         return prototypes.detach()
-
-    def forward(self, query: Tensor) -> Tensor:
-        features = centre_normalise(self.encoder(query), self.base_mean)
-        if len(features) < MIN_QUERIES_PER_CLASS * self.prototypes.shape[0]:
-            return self.temperature * cosine(features, self.prototypes)  # too few to use
-        return self.temperature * cosine(features, self.fitted(features.detach()))

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.config import Config
-from fewshot.data.tasks import SplitData
+from fewshot.data.tasks import SplitData, Task, load_task
+from fewshot.device import pick_device
 from fewshot.features import embed, subsample
 from fewshot.methods.common import class_means
 from fewshot.progress import PlainProgress, console, make_progress
@@ -216,6 +217,20 @@ def base_prototypes(encoder: nn.Module, images: Tensor, data: SplitData, transfo
     features = embed(encoder, images[torch.from_numpy(keep)], transform, device)
     prototypes = class_means(features, torch.from_numpy(data.labels[keep]), len(data.classes))
     return Prototypes(list(data.classes), prototypes, features.mean(0))
+
+
+def start(config: Config, data_root: str | None, config_dir: Path | None,
+          resume: RunDir | None) -> tuple[torch.device, Task]:
+    """What every stage does first: a resumed run folder is locked before any data is
+    read (a second writer stops here), then the device, the seed and the task (written
+    back as an absolute path, so the run's config.yaml resolves from anywhere)."""
+    if resume is not None:
+        resume.lock()
+    device = pick_device(config.train.device)
+    torch.manual_seed(config.train.seed)
+    task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
+    config.data.task = str(task.source.resolve())
+    return device, task
 
 
 def open_run(config: Config, name: str, out: str | Path | None, resume: RunDir | None

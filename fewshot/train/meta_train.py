@@ -22,8 +22,7 @@ from fewshot.config import Config
 from fewshot.data.augment import augment
 from fewshot.data.episodes import EpisodeBatch, EpisodeSampler, TensorEpisodes
 from fewshot.data.images import Normalize, load_split_images
-from fewshot.data.tasks import Task, load_task
-from fewshot.device import pick_device
+from fewshot.data.tasks import Task
 from fewshot.methods import FewShotHead, build_head, select_options
 from fewshot.models import build_backbone
 from fewshot.run import RunDir
@@ -39,6 +38,7 @@ from fewshot.train.loop import (
     make_optimizer,
     make_scheduler,
     open_run,
+    start,
     train,
 )
 from fewshot.train.task_workers import TaskWorkers, task_processes
@@ -216,14 +216,9 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
                use_wandb: bool | None = None, log_model: bool = False,
                objectives: list[Objective] | None = None, quiet: bool = False) -> RunDir:
     """Run (or resume) meta-training; returns the run directory."""
-    device = pick_device(config.train.device)
-    torch.manual_seed(config.train.seed)
-    task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
-    config.data.task = str(task.source.resolve())  # config.yaml must resolve from anywhere
+    device, task = start(config, data_root, config_dir, resume)
     if config.model.weights and Path(config.model.weights).exists():
         config.model.weights = str(Path(config.model.weights).resolve())
-    if resume is not None:
-        resume.lock()  # before any data is read: a second process stops here
     stage = MetaTrainStage(config, task, device, quiet)
     run = open_run(config, "meta-train", out, resume)
     return train(stage, config, run, resumed=resume is not None, objectives=objectives,

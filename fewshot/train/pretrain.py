@@ -28,8 +28,7 @@ from torch import Tensor, nn
 from fewshot.config import Config
 from fewshot.data.augment import augment
 from fewshot.data.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, load_split_images
-from fewshot.data.tasks import SplitData, Task, load_task
-from fewshot.device import pick_device
+from fewshot.data.tasks import SplitData, Task
 from fewshot.features import subsample
 from fewshot.methods import build_head
 from fewshot.models import build_backbone
@@ -47,6 +46,7 @@ from fewshot.train.loop import (
     make_optimizer,
     make_scheduler,
     open_run,
+    start,
     train,
 )
 from fewshot.train.validate import VAL_SEED_OFFSET, Validation, run_validation
@@ -223,12 +223,7 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
              use_wandb: bool | None = None, log_model: bool = False,
              objectives: list[Objective] | None = None, quiet: bool = False) -> RunDir:
     """Run (or resume) supervised pretraining; returns the run directory."""
-    device = pick_device(config.train.device)
-    torch.manual_seed(config.train.seed)
-    task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
-    config.data.task = str(task.source.resolve())  # config.yaml must resolve from anywhere
-    if resume is not None:
-        resume.lock()  # before any data is read: a second process stops here
+    device, task = start(config, data_root, config_dir, resume)
     stage = PretrainStage(config, task, device, resume is not None, quiet)
     run = open_run(config, "pretrain", out, resume)
     return train(stage, config, run, resumed=resume is not None, objectives=objectives,
