@@ -48,7 +48,9 @@ def _opt(*decls: str, metavar: str | None = None, help: str, **kw):
 
 
 ConfigOpt = Annotated[Path | None, _opt("--config", "-c", metavar="FILE", help="Experiment "
-                                        "config (YAML); default: the shipped quickstart.")]
+                                        "config (YAML), e.g. configs/protonet-conv4.yaml "
+                                        "(fewshot list configs); default: the shipped "
+                                        "quickstart.")]
 SetOpt = Annotated[list[str] | None, _opt("--set", metavar="KEY=VALUE", help="Override one "
                                           "config key, e.g. --set train.lr=0.01 (repeatable).")]
 OutOpt = Annotated[Path | None, _opt("--out", metavar="RUN_DIR",
@@ -296,8 +298,10 @@ def evaluate_cmd(
     model: Annotated[list[str], _opt("--model", "-m", metavar="RUN_DIR", help="A run "
                                      "directory, 'pixels' or 'random:<backbone>' (repeatable; "
                                      "the first pair is the reference).")],
-    task: Annotated[str | None, _opt("--task", "-t", metavar="FILE", help="Task YAML file "
-                                     "(default: the --config file's data.task).")] = None,
+    task: Annotated[str | None, _opt("--task", "-t", metavar="FILE", help="Task YAML file, "
+                                     "e.g. tasks/blood-rare-rbc.yaml, or a shipped task's "
+                                     "name (quickstart; fewshot list tasks); default: the "
+                                     "--config file's data.task.")] = None,
     head: Annotated[list[str] | None, _opt("--head", metavar="NAME[:K=V,...]", help="Head "
                                            f"({HEAD_NAMES}; plugins: fewshot list heads), "
                                            "with options as NAME:KEY=VALUE[,KEY=VALUE] "
@@ -423,19 +427,21 @@ class Listing(StrEnum):
     backbones = "backbones"
     configs = "configs"
     tasks = "tasks"
+    models = "models"
 
 
 @app.command("list")
 def list_cmd(
-    what: Annotated[Listing, typer.Argument(help="heads, backbones, configs, tasks or all.")
-                    ] = Listing.all,
+    what: Annotated[Listing, typer.Argument(help="heads, backbones, configs, tasks, models "
+                                            "or all.")] = Listing.all,
 ) -> None:
     """What is registered (heads with their options, backbones, plugins' included) or
     shipped (configs and tasks, with those of ./configs and ./tasks); no argument: all.
 
     Example: fewshot list heads"""
     if what is Listing.all:
-        for part in (Listing.heads, Listing.backbones, Listing.configs, Listing.tasks):
+        for part in (Listing.heads, Listing.backbones, Listing.configs, Listing.tasks,
+                     Listing.models):
             screen.print(f"{part.value}:", markup=False)
             list_cmd(part)
         return
@@ -452,6 +458,13 @@ def list_cmd(
         for name in sorted(registered_backbones()):
             screen.print(name, markup=False)
         screen.print("timm:<name> (with fewshot[timm])", markup=False)
+    elif what is Listing.models:
+        from fewshot.data.files import packaged
+
+        shipped = sorted(p.name for p in packaged("models").glob("*/model.json")
+                         for p in [p.parent])
+        screen.print("\n".join(shipped) if shipped else "no model shipped in this package "
+                     "(train one: fewshot meta-train, fewshot pretrain)", markup=False)
     else:
         from fewshot.data.files import packaged
 

@@ -91,7 +91,7 @@ def test_shipped_tasks_are_valid_on_shared_data():
 def test_shipped_quickstart_task_ignores_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("FEWSHOT_DATA", str(tmp_path / "elsewhere"))
     task = load_task("quickstart", data_root=tmp_path / "elsewhere")
-    assert len(task.split("base")) > 0 and task.classes("val") == []
+    assert len(task.split("base")) > 0 and len(task.split("val")) > 0
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")),
