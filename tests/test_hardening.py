@@ -313,3 +313,41 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_torn_files(tm
     one_line_error(done, 1, "cannot write the checkpoint")
     assert not (run / "checkpoint.tmp").exists()
     assert not [p for p in run.rglob("*.tmp")]
+
+
+def huge_png(path: Path, side: int) -> Path:
+    """A PNG whose header says `side` x `side` pixels, with almost no data: what a
+    decoder would allocate for it is what the bound must prevent."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    header = struct.pack(">II", side, side) + bytes(data[24:29])
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc (Linux)")
+def test_three_huge_pngs_keep_data_check_within_memory(tmp_path) -> None:
+    folder = make_folder(tmp_path / "data", {"a": 3, "b": 3}, size=SIZE)
+    for i in range(3):
+        huge_png(folder / "a" / f"huge_{i}.png", 13_000)
+    assert Image.open(folder / "a" / "huge_0.png").size == (13_000, 13_000)
+    # the process's own high-water mark (VmHWM starts anew at exec; ru_maxrss does not)
+    measure = ("import re, sys\n"
+               "from fewshot.cli import main\n"
+               "sys.argv = ['fewshot', 'data', 'check', sys.argv[1], '--no-near-duplicates']\n"
+               "try:\n    main()\n"
+               "finally:\n"
+               "    status = open('/proc/self/status').read()\n"
+               "    print('peak_kb', re.search(r'VmHWM:\\s+(\\d+)', status).group(1),"
+               " file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", measure, str(folder)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 1 and done.stdout.count("above the limit") == 3, done.stdout
+    peak_kb = int(done.stderr.split("peak_kb")[-1])
+    # 13000 x 13000 RGB is 507 MB an image; the check stays far below one of them
+    assert peak_kb < 300_000, peak_kb
