@@ -461,8 +461,7 @@ def list_cmd(
     elif what is Listing.models:
         from fewshot.data.files import packaged
 
-        shipped = sorted(p.name for p in packaged("models").glob("*/model.json")
-                         for p in [p.parent])
+        shipped = sorted(p.parent.name for p in packaged("models").glob("*/model.json"))
         screen.print("\n".join(shipped) if shipped else "no model shipped in this package "
                      "(train one: fewshot meta-train, fewshot pretrain)", markup=False)
     else:

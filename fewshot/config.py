@@ -173,7 +173,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 
 def validate(data: dict[str, Any], source: object = "config") -> Config:
-    from fewshot.methods import check_options, head_class
+    from fewshot.methods import head_class
 
     try:
         config = Config.model_validate(data)
@@ -185,14 +185,12 @@ def validate(data: dict[str, Any], source: object = "config") -> Config:
                 f"unknown config key in {source}", key, "remove it or check its spelling"
             ) from None
         raise UsageError(f"invalid config value in {source}", key, err["msg"]) from None
-    head_class(config.method.head)  # an unknown head names the registered ones
-    given = config.method.given()
-    try:
-        check_options(config.method.head, given, f"method.* in {source}")
-    except UsageError as exc:
-        unknown = sorted(set(given) - set(head_class(config.method.head).options()))[0]
+    declared = head_class(config.method.head).options()  # an unknown head names the others
+    unknown = sorted(set(config.method.given()) - set(declared))
+    if unknown:
         raise UsageError(f"unknown config key in {source} for head '{config.method.head}'",
-                         f"method.{unknown}", exc.fix) from None
+                         f"method.{unknown[0]}",
+                         f"its options are: {', '.join(sorted(declared)) or 'none'}")
     return config
 
 

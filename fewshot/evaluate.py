@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from fewshot.assembly import load_model, model_transform
 from fewshot.data.episodes import EpisodeSampler, episode_labels
-from fewshot.data.files import shipped_model
 from fewshot.data.images import Normalize, decode_all, load_split_images
 from fewshot.data.tasks import SplitData, Task, load_task
 from fewshot.device import pick_device
@@ -126,11 +125,13 @@ class Models:
             offered = select_options(name, {**context, "base_mean": self.base_means[spec]})
             head = build_head(name, encoder, **offered, **options)
         else:
-            if not Path(spec).is_dir() and shipped_model(spec) is None:
+            try:
+                run = resolve_run(spec)
+            except UsageError:
                 raise UsageError("model not found", spec, "pass a run directory, a shipped "
-                                 "model's name, 'pixels' or 'random:<backbone>'")
-            name = head_name or resolve_run(spec).read_meta().head or "simpleshot"
-            head, meta = load_model(spec, head=name, **select_options(name, context), **options)
+                                 "model's name, 'pixels' or 'random:<backbone>'") from None
+            name = head_name or run.read_meta().head or "simpleshot"
+            head, meta = load_model(run, head=name, **select_options(name, context), **options)
             size = meta.image_size
             normalize = model_transform(meta)
         return head.to(self.device).eval(), size, normalize

@@ -59,7 +59,7 @@ class RunDir:
             path = Path(out)
             path.mkdir(parents=True, exist_ok=True)
             return cls(path)
-        if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name:
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
             raise UsageError("a run name cannot be a path", name,
                              "give a plain name (letters, digits, -), or use --out DIR")
         RUNS.mkdir(parents=True, exist_ok=True)

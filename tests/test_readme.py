@@ -56,18 +56,17 @@ def test_readme_command_parses(command: str) -> None:
     if not args or args[0].startswith("-"):
         assert args in ([], ["--version"]), command
         return
-    else:
-        name, rest = args[0], args[1:]
-        command_obj = group.get_command(group.make_context("fewshot", [name]), name)
-        assert command_obj is not None, f"no such command: {name}"
-        if hasattr(command_obj, "get_command") and rest and not rest[0].startswith("-"):
-            command_obj, rest = command_obj.get_command(None, rest[0]), rest[1:]
-            assert command_obj is not None, command
-        try:
-            command_obj.make_context(name, list(rest))  # raises on an unknown option
-        except Exception as exc:  # Typer vendors click: matched by name
-            if type(exc).__name__ != "MissingParameter":
-                raise  # an inline snippet may show one option of a longer command, no more
+    name, rest = args[0], args[1:]
+    command_obj = group.get_command(group.make_context("fewshot", [name]), name)
+    assert command_obj is not None, f"no such command: {name}"
+    if hasattr(command_obj, "get_command") and rest and not rest[0].startswith("-"):
+        command_obj, rest = command_obj.get_command(None, rest[0]), rest[1:]
+        assert command_obj is not None, command
+    try:
+        command_obj.make_context(name, list(rest))  # raises on an unknown option
+    except Exception as exc:  # Typer vendors click: matched by name
+        if type(exc).__name__ != "MissingParameter":
+            raise  # an inline snippet may show one option of a longer command, no more
 
 
 def test_the_cheap_readme_commands_run(tmp_path: Path) -> None:

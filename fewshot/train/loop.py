@@ -222,14 +222,17 @@ def base_prototypes(encoder: nn.Module, images: Tensor, data: SplitData, transfo
 def start(config: Config, data_root: str | None, config_dir: Path | None,
           resume: RunDir | None) -> tuple[torch.device, Task]:
     """What every stage does first: a resumed run folder is locked before any data is
-    read (a second writer stops here), then the device, the seed and the task (written
-    back as an absolute path, so the run's config.yaml resolves from anywhere)."""
+    read (a second writer stops here), then the device, the seed and the task. The task and
+    a weights path are written back absolute, so the run's config.yaml resolves from
+    anywhere."""
     if resume is not None:
         resume.lock()
     device = pick_device(config.train.device)
     torch.manual_seed(config.train.seed)
     task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
     config.data.task = str(task.source.resolve())
+    if config.model.weights and Path(config.model.weights).exists():
+        config.model.weights = str(Path(config.model.weights).resolve())
     return device, task
 
 

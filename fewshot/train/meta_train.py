@@ -217,8 +217,6 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
                objectives: list[Objective] | None = None, quiet: bool = False) -> RunDir:
     """Run (or resume) meta-training; returns the run directory."""
     device, task = start(config, data_root, config_dir, resume)
-    if config.model.weights and Path(config.model.weights).exists():
-        config.model.weights = str(Path(config.model.weights).resolve())
     stage = MetaTrainStage(config, task, device, quiet)
     run = open_run(config, "meta-train", out, resume)
     return train(stage, config, run, resumed=resume is not None, objectives=objectives,
