@@ -76,11 +76,13 @@ def model_spec(pair: Pair, stages: dict[str, Stage]) -> str:
 
 
 def command_of(task: str, pair: Pair, stages: dict[str, Stage], shots: int,
-               episodes: int) -> str:
+               episodes: int, query_imbalance: float | None) -> str:
     model = pair.model if pair.model not in stages else f"experiments/runs/{pair.model}"
     parts = [f"fewshot evaluate --model {model} --head {pair.head} --task {task}",
              f"--ways {WAYS} --shots {shots} --queries {QUERIES} --episodes {episodes}",
              f"--seed {SEED}"]
+    if query_imbalance is not None:
+        parts.append(f"--query-imbalance {query_imbalance}")
     if pair.model in stages:
         stage = stages[pair.model]
         parts.insert(0, f"fewshot {stage.command} --config {stage.config} "
@@ -88,35 +90,82 @@ def command_of(task: str, pair: Pair, stages: dict[str, Stage], shots: int,
     return " ".join(parts)
 
 
+def fingerprint(model: str) -> str | None:
+    """Changes when a run's weights are rewritten (a retrained stage is scored again)."""
+    weights = Path(model) / "model.safetensors"
+    if not weights.is_file():
+        return None
+    stat = weights.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def score(task: str, pairs: list[Pair], stages: dict[str, Stage], shots: int,
-          episodes: int, cache: Models) -> list[dict]:
-    """Result rows (evaluate's, plus wall seconds) of every pair, cached on disk."""
-    specs = [(model_spec(p, stages), p.head, min(p.episodes or episodes, episodes))
-             for p in pairs]
-    key = hashlib.sha256(json.dumps([task, shots, episodes, specs]).encode()).hexdigest()[:16]
-    cached = RUNS / "eval" / f"{key}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
+          episodes: int, cache: Models, query_imbalance: float | None) -> list[dict]:
+    """Result rows (evaluate's, plus wall seconds) of every pair, each cached on disk (a new
+    row scores only itself; the episodes are the same seeded ones for all)."""
     rows = []
-    for model, head, count in specs:  # one call a pair: same episodes, its own wall time
+    for pair in pairs:  # one call a pair: same episodes, its own wall time
+        model, count = model_spec(pair, stages), min(pair.episodes or episodes, episodes)
+        key = hashlib.sha256(json.dumps([task, shots, episodes, query_imbalance, model,
+                                         fingerprint(model), pair.head, count]
+                                        ).encode()).hexdigest()[:16]
+        cached = RUNS / "eval" / f"{key}.json"
+        if cached.is_file():
+            rows.append(json.loads(cached.read_text()))
+            continue
         started = time.monotonic()
-        result = evaluate([model], [head], task, ways=WAYS, shots=shots, queries=QUERIES,
+        result = evaluate([model], [pair.head], task, ways=WAYS, shots=shots, queries=QUERIES,
                           episodes=count, seed=SEED, device="cpu", slow_episodes=count,
-                          cache=cache)
+                          cache=cache, query_imbalance=query_imbalance)
         row = result["results"][0]
         row["wall_s"] = round(time.monotonic() - started, 1)
+        row["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(row))
         rows.append(row)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(rows))
     return rows
 
 
-def compute(seconds: float, stage: Stage | None) -> dict:
+def compute(result: dict, stage: Stage | None) -> dict:
     return {"device": f"cpu ({os.cpu_count()} cores, {platform.processor() or 'x86_64'})",
-            "evaluation_s": seconds,
+            "evaluation_s": result["wall_s"],
             "training_min": training_minutes(stage) if stage else None,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
+            "load_average": result.get("load_average")
+            or [round(x, 2) for x in os.getloadavg()]}
+
+
+def score_rows(task: str, name: str, pairs: list[tuple[Group, Pair]],
+               stages: dict[str, Stage], episodes: int, cache: Models,
+               imbalance: float | None) -> list[dict]:
+    """RESULTS rows of pairs that share one episode set, each with its paired difference
+    against its group's reference (default: the first row of the set)."""
+    rows = []
+    for shots in sorted({s for g, _ in pairs for s in g.shots}):
+        chosen = [(g, p) for g, p in pairs if shots in g.shots]
+        scored = score(task, [p for _, p in chosen], stages, shots, episodes, cache, imbalance)
+        labels = [p.label or f"{p.model} + {p.head}" for _, p in chosen]
+        for (group, pair), result in zip(chosen, scored, strict=True):
+            reference = group.reference or labels[0]
+            if reference not in labels:
+                raise SystemExit(f"group {group.name}: no row '{reference}' to pair with")
+            diff = accuracy_difference(scored[labels.index(reference)]["per_episode_accuracy"],
+                                       result["per_episode_accuracy"])
+            stage = stages.get(pair.model)
+            rows.append({
+                "group": group.name, "label": pair.label or f"{pair.model} + {pair.head}",
+                "task": name, "ways": WAYS, "shots": shots, "queries": QUERIES,
+                "query_imbalance": imbalance,
+                "model": pair.model, "head": pair.head, "protocol": result["protocol"],
+                "episodes": result["episodes"],
+                **{k: result[k] for k in ("accuracy", "macro_f1", "auroc")},
+                "paired": {"reference": reference, "episodes": diff["episodes"],
+                           "mean": diff["mean"], "ci95": diff["ci95"]},
+                "seeds": {"episodes": SEED, "training": [0] if stage else []},
+                "command": command_of(task, pair, stages, shots, result["episodes"],
+                                      imbalance),
+                "compute": compute(result, stage)})
+    return rows
 
 
 def main() -> None:
@@ -151,28 +200,11 @@ def main() -> None:
                 pairs += [(group, p) for p in group.pairs]
             else:
                 missing.append(group.name)
-        for shots in sorted({s for g in task_groups for s in g.shots}):
-            scored = score(task, [p for _, p in pairs], stages, shots, args.episodes, cache)
-            labels = [p.label or f"{p.model} + {p.head}" for _, p in pairs]
-            for (group, pair), result in zip(pairs, scored, strict=True):
-                reference = group.reference or labels[0]
-                if reference not in labels:
-                    raise SystemExit(f"group {group.name}: no row '{reference}' to pair with")
-                diff = accuracy_difference(scored[labels.index(reference)]
-                                           ["per_episode_accuracy"],
-                                           result["per_episode_accuracy"])
-                stage = stages.get(pair.model)
-                rows.append({
-                    "group": group.name, "label": pair.label or f"{pair.model} + {pair.head}",
-                    "task": loaded.name, "ways": WAYS, "shots": shots, "queries": QUERIES,
-                    "model": pair.model, "head": pair.head, "protocol": result["protocol"],
-                    "episodes": result["episodes"],
-                    **{k: result[k] for k in ("accuracy", "macro_f1", "auroc")},
-                    "paired": {"reference": reference, "episodes": diff["episodes"],
-                               "mean": diff["mean"], "ci95": diff["ci95"]},
-                    "seeds": {"episodes": SEED, "training": [0] if stage else []},
-                    "command": command_of(task, pair, stages, shots, result["episodes"]),
-                    "compute": compute(result["wall_s"], stage)})
+        for imbalance in dict.fromkeys(g.query_imbalance for g in task_groups):
+            episode_set = [(g, p) for g, p in pairs if g.query_imbalance == imbalance]
+            if episode_set:
+                rows += score_rows(task, loaded.name, episode_set, stages, args.episodes,
+                                   cache, imbalance)
     write(rows, missing, args)
 
 
@@ -186,23 +218,28 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
                                                  indent=2) + "\n")
     lines = ["# Results", "",
              f"Written by `python experiments/run.py --tier {args.tier}`; every row of a task "
-             f"on the same seeded episodes ({WAYS}-way, {QUERIES} queries, seed {SEED}; "
+             f"on the same seeded episodes ({WAYS}-way, {QUERIES} queries a class, or "
+             f"{WAYS * QUERIES} split by a Dirichlet draw where the queries column says so, "
+             f"seed {SEED}; "
              "inductive unless the protocol column says otherwise), accuracy, macro-F1 and "
              "AUROC as mean ± 95% CI over episodes, and the paired accuracy difference "
-             "against the task's first row. Commands, compute and load average per row are in "
-             "RESULTS.json.", ""]
+             "against the row named (on the same episodes). Commands, compute and load "
+             "average per row are in RESULTS.json.", ""]
     for task in dict.fromkeys(r["task"] for r in rows):
         lines += [f"## {task}", "",
-                  "| row | shots | episodes | accuracy % | macro-F1 % | AUROC % | "
+                  "| row | shots | queries | episodes | accuracy % | macro-F1 % | AUROC % | "
                   "vs reference, points | protocol | train min | eval s | load avg |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted((r for r in rows if r["task"] == task),
-                        key=lambda r: (r["shots"], rows.index(r))):
+                        key=lambda r: (r.get("query_imbalance") is not None, r["shots"],
+                                       rows.index(r))):
             p = r["paired"]
             vs = ("reference" if p["reference"] == r["label"] else
                   f"{100 * p['mean']:+.1f} ± {100 * p['ci95']:.1f} vs {p['reference']}")
             c = r["compute"]
-            lines.append(f"| {r['label']} | {r['shots']} | {r['episodes']} | "
+            balance = ("balanced" if r.get("query_imbalance") is None
+                       else f"Dirichlet α={r['query_imbalance']:g}")
+            lines.append(f"| {r['label']} | {r['shots']} | {balance} | {r['episodes']} | "
                          f"{pct(r['accuracy'])} | {pct(r['macro_f1'])} | {pct(r['auroc'])} | "
                          f"{vs} | {r['protocol']} | {c['training_min'] or '-'} | "
                          f"{c['evaluation_s']:.0f} | {c['load_average'][0]} |")

@@ -13,6 +13,7 @@ images. adapted.json is written last, so its presence marks a complete directory
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,9 @@ class Adapted:
     def probabilities(self, images: Tensor, batch_size: int = 64) -> Tensor:
         """Softmax over the classes for uint8 images `[N, C, H, W]`, `[N, len(classes)]`."""
         self.head.eval()
-        device = next(self.head.parameters()).device
+        # a pixels encoder has no parameters: any tensor of the head tells the device
+        tensors = itertools.chain(self.head.parameters(), self.head.buffers())
+        device = next(tensors, torch.empty(0)).device
         if self.head.transductive:  # one problem: every image of the call at once
             batch_size = max(len(images), 1)
         out = []

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fewshot.data.images import Normalize
-from fewshot.errors import DataError
+from fewshot.errors import DataError, UsageError
 from fewshot.methods import FewShotHead, build_head, head_class
 from fewshot.models import build_backbone
 from fewshot.run import RunDir, resolve_run
@@ -23,7 +23,8 @@ def load_model(run: RunDir | str | Path | None = None, head: str | None = None,
 
     The encoder always gets the run's weights; the run's own head parameters and options
     are used only when the head is the one it was trained with. `head_options` must be
-    options the head declares. Heads that centre features get the run's base mean.
+    options the head declares. Heads that centre features get the run's base mean, and
+    those with a `power` option its stored base features.
     """
     run = run if isinstance(run, RunDir) else resolve_run(run)
     meta = run.read_meta()
@@ -32,9 +33,19 @@ def load_model(run: RunDir | str | Path | None = None, head: str | None = None,
     name = head or meta.head
     options = dict(meta.head_options) if name == meta.head else {}
     options.update(head_options)
-    if ("base_mean" not in options and run.prototypes_path.is_file()
-            and "base_mean" in head_class(name).options()):
-        options["base_mean"] = run.load_prototypes().base_mean
+    declared = head_class(name).options()
+    if run.prototypes_path.is_file() and ({"base_mean", "base_features"} & set(declared)):
+        stored = run.load_prototypes()
+        if "base_mean" in declared:
+            options.setdefault("base_mean", stored.base_mean)
+        if "base_features" in declared and stored.base_features is not None:
+            options.setdefault("base_features", stored.base_features)
+    if options.get("power") is not None and "base_features" in declared \
+            and options.get("base_features") is None:
+        raise UsageError(f"head option power={options['power']} needs base features, and "
+                         "this run stores none", run.path,
+                         "re-run the pretrain or meta-train that wrote it with this fewshot "
+                         "version, or drop the power option")
     model = build_head(name, encoder, **options)
     try:
         if name == meta.head:

@@ -94,7 +94,7 @@ class Models:
         self.max_per_class = max_per_class
         self.images: dict[int, tuple[Tensor, Any]] = {}
         self.features: dict[str, Tensor] = {}
-        self.base_means: dict[str, Tensor | None] = {}
+        self.base_features: dict[str, Tensor | None] = {}
 
     def split_images(self, size: int) -> tuple[Tensor, Any]:
         if size not in self.images:
@@ -119,10 +119,12 @@ class Models:
             torch.manual_seed(self.seed)
             encoder = build_backbone("pixels" if spec == "pixels" else spec[7:], image_size=size)
             normalize = Normalize()
-            if spec not in self.base_means:
-                self.base_means[spec] = self.base_mean(encoder.to(self.device).eval(), size,
-                                                       normalize)
-            offered = select_options(name, {**context, "base_mean": self.base_means[spec]})
+            if spec not in self.base_features:
+                self.base_features[spec] = self.base_sample(encoder.to(self.device).eval(),
+                                                            size, normalize)
+            base = self.base_features[spec]
+            offered = select_options(name, {**context, "base_features": base,
+                                            "base_mean": None if base is None else base.mean(0)})
             head = build_head(name, encoder, **offered, **options)
         else:
             try:
@@ -136,15 +138,17 @@ class Models:
             normalize = model_transform(meta)
         return head.to(self.device).eval(), size, normalize
 
-    def base_mean(self, encoder: nn.Module, size: int, normalize: Normalize) -> Tensor | None:
+    def base_sample(self, encoder: nn.Module, size: int, normalize: Normalize
+                    ) -> Tensor | None:
+        """Features of a seeded base subset (the base mean, and the centre of
+        power-transformed features), for encoders that come without a run."""
         if not self.task.classes("base"):
             return None
         data = self.task.split("base")  # decode only the chosen images
         keep = subsample(data.labels, BASE_MEAN_PER_CLASS, self.seed)
         images = decode_all([data.paths[i] for i in keep], size, self.quiet)
-        features = embed(encoder, images, normalize, self.device, quiet=self.quiet,
-                         description="base mean")
-        return features.mean(0)
+        return embed(encoder, images, normalize, self.device, quiet=self.quiet,
+                     description="base features").cpu()
 
     def split_features(self, spec: str, encoder: nn.Module, size: int,
                        normalize: Normalize) -> Tensor:

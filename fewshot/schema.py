@@ -142,16 +142,22 @@ class AdaptedMeta(Document):
 @dataclass
 class Prototypes:
     """prototypes.safetensors: per-class mean features of the base classes (one row per
-    name in `class_names`) and the mean feature of the base images (SimpleShot centring)."""
+    name in `class_names`), the mean feature of the base images (SimpleShot centring) and
+    a seeded subset of base features (float16, at most BASE_FEATURES_PER_CLASS a class),
+    from which a head centres power-transformed features (`method.power`) where no base
+    image is at hand. Files written before the subset existed load with `None`."""
 
     class_names: list[str]
     prototypes: Tensor
     base_mean: Tensor
+    base_features: Tensor | None = None
 
     def save(self, path: Path) -> None:
-        save_tensors(path, {"prototypes": self.prototypes, "base_mean": self.base_mean},
-                     {"class_names": json.dumps(self.class_names),
-                      "format_version": str(FORMAT_VERSION)})
+        tensors = {"prototypes": self.prototypes, "base_mean": self.base_mean}
+        if self.base_features is not None:
+            tensors["base_features"] = self.base_features.half()
+        save_tensors(path, tensors, {"class_names": json.dumps(self.class_names),
+                                     "format_version": str(FORMAT_VERSION)})
 
     @classmethod
     def load(cls, path: Path) -> Prototypes:
@@ -163,14 +169,23 @@ class Prototypes:
                 names = json.loads(meta["class_names"])
                 prototypes, base_mean = handle.get_tensor("prototypes"), \
                     handle.get_tensor("base_mean")
+                base_features = handle.get_tensor("base_features").float() \
+                    if "base_features" in handle.keys() else None
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             raise DataError(f"cannot read prototypes: {exc}", path, fix) from None
         if version > FORMAT_VERSION:
             raise UsageError("prototypes written by a newer fewshot", path, "upgrade fewshot")
         if prototypes.dim() != 2 or len(names) != prototypes.shape[0] \
-                or base_mean.shape != prototypes.shape[1:]:
+                or base_mean.shape != prototypes.shape[1:] \
+                or (base_features is not None and (base_features.dim() != 2 or
+                                                   base_features.shape[1:] != base_mean.shape)):
             raise DataError("prototypes do not match their class names or features", path, fix)
-        return cls(list(names), prototypes, base_mean)
+        return cls(list(names), prototypes, base_mean, base_features)
+
+
+BASE_FEATURES_PER_CLASS = 40
+"""Base features kept in prototypes.safetensors per class (float16: about 40 KB a class
+for 512-d features)."""
 
 
 D = TypeVar("D", bound=Document)

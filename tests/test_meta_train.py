@@ -233,3 +233,18 @@ def test_meta_train_from_a_pretrain_run_starts_from_its_encoder(tiny_task, tmp_p
     assert [r["step"] for r in val] == [0, 2, 4]
     best = max(val, key=lambda r: r["val/acc"])
     assert history["best_episode"] == best["step"]
+
+
+def test_resume_with_more_episodes_never_raises_the_cosine_rate_again(tiny_task, tmp_path):
+    from fewshot.run import RunDir
+
+    first = config_for(tiny_task, "train.episodes=6", "train.val_every=100",
+                       "train.checkpoint_every=3", "train.schedule=cosine")
+    run = meta_train(first, out=tmp_path / "run", quiet=True)
+    more = config_for(tiny_task, "train.episodes=12", "train.val_every=100",
+                      "train.checkpoint_every=3", "train.schedule=cosine")
+    meta_train(more, resume=RunDir(run.path), quiet=True)
+    rates = [json.loads(line)["train/lr"] for line in
+             (run.path / "metrics.jsonl").read_text().splitlines() if "train/lr" in line]
+    assert len(rates) == 12
+    assert all(b <= a + 1e-12 for a, b in zip(rates, rates[1:], strict=False)), rates

@@ -54,3 +54,33 @@ def test_data_sample_writes_novel_classes_and_refuses_to_overwrite(tmp_path):
     assert len(again.stderr.strip().splitlines()) == 1
     forced = run_cli("data", "sample", str(target), "--force", "--quiet", env=env)
     assert forced.returncode == 0, forced.stderr
+
+
+def test_a_task_can_leave_out_the_files_of_a_shipped_sample(tmp_path):
+    """A dataset's `exclude` folder removes files with the same class folder and name, so
+    a model trained on the full dataset never saw the images `fewshot data sample` gives."""
+    import shutil
+
+    import yaml
+
+    source = packaged("sample")
+    data = tmp_path / "pbc"
+    for name in ("basophil", "monocyte"):  # the "full dataset": the sample plus more files
+        shutil.copytree(source / name, data / name)
+        for extra in range(3):
+            shutil.copy(next((source / name).iterdir()), data / name / f"extra_{extra}.jpg")
+    spec = {"name": "t", "image_size": 64, "data_root": ".",
+            "datasets": {"pbc": {"path": "pbc", "exclude": "packaged:sample"}},
+            "splits": {"base": ["pbc/basophil", "pbc/monocyte"]}}
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    base = load_task(path).split("base")
+    assert sorted(p.name for p in base.paths) == sorted([f"extra_{i}.jpg" for i in range(3)] * 2)
+    sample_names = {(p.parent.name, p.name) for p in scan_folder(source).paths}
+    assert not {(p.parent.name, p.name) for p in base.paths} & sample_names
+
+    spec["datasets"]["pbc"]["exclude"] = "no-such-folder"
+    path.write_text(yaml.safe_dump(spec))
+    result = run_cli("evaluate", "--model", "pixels", "--task", str(path), cwd=tmp_path)
+    assert result.returncode == 2 and "exclude folder not found" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

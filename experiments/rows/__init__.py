@@ -4,7 +4,7 @@ A row group is a task, the training stages its models need (each a fewshot comma
 run directory is cached under experiments/runs/) and the (model, head) pairs it scores.
 A new group is a module in this folder that calls `register`; the harness
 (experiments/run.py) finds it, trains what is missing and scores every pair on the same
-episodes as every other row of its task.
+episodes as every other row of its task (and query balance).
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ class Group:
     note: str = ""
     reference: str = ""
     """The label of the row its rows are paired against (default: the task's first row)."""
+    query_imbalance: float | None = None
+    """Dirichlet alpha of unequal queries per class (`--query-imbalance`); such a group is
+    scored on its own episodes, so its reference must be one of its own rows."""
 
 
 GROUPS: list[Group] = []

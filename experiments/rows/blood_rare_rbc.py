@@ -1,10 +1,13 @@
 """Rows on tasks/blood-rare-rbc.yaml (5 rare Chula morphologies, source-image groups kept
-apart): the floors, and the supervised encoder that ships as blood-v1 with test-time heads."""
+apart): the floors, the supervised encoder blood-v1 with test-time heads, and meta-transfer
+from it, each paired against the same encoder without meta-training."""
 
 from rows import Group, Pair, Stage, register
 
 TASK = "tasks/blood-rare-rbc.yaml"
 BLOOD_V1 = Stage("blood-v1", "pretrain", "configs/blood-v1.yaml")
+META_BASELINE = Stage("blood-v1-metabaseline", "meta-train", "configs/blood-v1-metabaseline.yaml",
+                      sets=["model.weights=experiments/runs/blood-v1"])
 
 register(Group(
     name="floors", task=TASK, tier="cpu",
@@ -22,9 +25,22 @@ register(Group(
                 episodes=30)]))
 
 register(Group(
-    name="transductive", task=TASK, tier="cpu", stages=[BLOOD_V1],
-    note="heads that use the unlabeled query batch, paired against the linear probe on the "
-         "same encoder (balanced queries)",
+    name="power", task=TASK, tier="cpu", stages=[BLOOD_V1],
+    note="the power transform (sign(x)|x|^0.5, centred on the transformed base mean), "
+         "paired against the same head without it",
     reference="blood-v1 + linear probe",
-    pairs=[Pair("blood-v1", "bd-cspn", "blood-v1 + BD-CSPN (transductive)"),
-           Pair("blood-v1", "tim", "blood-v1 + TIM (transductive)")]))
+    pairs=[Pair("blood-v1", "linear-probe:power=0.5", "blood-v1 + linear probe, power 0.5")]))
+
+register(Group(
+    name="power-simpleshot", task=TASK, tier="cpu", stages=[BLOOD_V1],
+    reference="blood-v1 + SimpleShot",
+    pairs=[Pair("blood-v1", "simpleshot:power=0.5", "blood-v1 + SimpleShot, power 0.5")]))
+
+for head, label in (("simpleshot", "SimpleShot"), ("linear-probe", "linear probe")):
+    register(Group(
+        name=f"meta-transfer-{head}", task=TASK, tier="cpu",
+        stages=[BLOOD_V1, META_BASELINE],
+        note="Meta-Baseline from blood-v1 (configs/blood-v1-metabaseline.yaml), paired "
+             "against blood-v1 without meta-training, with the same test-time head",
+        reference=f"blood-v1 + {label}",
+        pairs=[Pair("blood-v1-metabaseline", head, f"blood-v1 + Meta-Baseline + {label}")]))

@@ -8,6 +8,7 @@ A task file is YAML:
     datasets:
       pbc: {path: pbc-blood-wbc}
       chula: {path: chula-rbc, group: '^(\\d+)_'}
+      # exclude: packaged:sample      # leave out files that a shipped sample also holds
     splits:
       base:  [pbc/eosinophil, chula/00_normal, ...]
       val:   [pbc/basophil, ...]      # optional; at least 2 classes when present
@@ -39,6 +40,11 @@ class DatasetSpec(BaseModel):
     path: str
     group: str | None = None
     """Regex over the file name whose first group names the patient/source, or a CSV path."""
+    exclude: str | None = None
+    """A folder in the same `<class>/<file>` layout (relative to the task file, or
+    `packaged:sample` for the package's quickstart sample): files with the same class
+    folder and file name are left out of this dataset, e.g. so that a model never trains
+    on the images of a demo sample it ships beside."""
 
 
 class SplitSpec(BaseModel):
@@ -90,6 +96,8 @@ class Task:
     spec: TaskSpec
     source: Path
     roots: dict[str, Path] = field(default_factory=dict)
+    excluded: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    """Per dataset, the (class folder, file name) pairs its `exclude` folder holds."""
 
     @property
     def name(self) -> str:
@@ -115,6 +123,9 @@ class Task:
         labels: list[int] = []
         for label, name in enumerate(classes):
             images, _ = list_class_files(self.class_dir(name))
+            dataset, _, folder = name.partition("/")
+            if self.excluded.get(dataset):
+                images = [p for p in images if (folder, p.name) not in self.excluded[dataset]]
             if not images:
                 raise DataError(
                     "class folder has no images", self.class_dir(name), "add images or drop it"
@@ -138,6 +149,17 @@ class Task:
             for label in data.labels.tolist()
         ]
         return group_ids(data.paths, keys, self.roots)
+
+
+def excluded_files(folder: str, source: Path) -> set[tuple[str, str]]:
+    """(class folder, file name) of every file under an `exclude` folder."""
+    path = packaged(folder.removeprefix("packaged:")) if folder.startswith("packaged:") \
+        else source.parent / folder
+    if not path.is_dir():
+        raise UsageError("exclude folder not found", f"{source}: {folder}",
+                         "give a folder of class folders, relative to the task file, "
+                         "or packaged:sample")
+    return {(f.parent.name, f.name) for f in path.glob("*/*") if f.is_file()}
 
 
 def resolve_task_path(task: str | Path, relative_to: Path | None = None) -> Path:
@@ -195,7 +217,9 @@ def load_task(task: str | Path, data_root: str | Path | None = None,
     if root is None:
         root = (source.parent / spec.data_root) if spec.data_root else source.parent
     roots = {name: Path(root) / ds.path for name, ds in spec.datasets.items()}
-    task = Task(spec=spec, source=source, roots=roots)
+    task = Task(spec=spec, source=source, roots=roots,
+                excluded={name: excluded_files(ds.exclude, source) for name, ds
+                          in spec.datasets.items() if ds.exclude})
     for name in seen:
         if not task.class_dir(name).is_dir():
             raise UsageError(

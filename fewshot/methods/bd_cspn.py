@@ -21,7 +21,7 @@ from fewshot.methods.transductive import TransductivePrototypes
 
 @register_head("bd-cspn")
 class BDCSPN(TransductivePrototypes):
-    """Options: base_mean, temperature."""
+    """Options: base_mean, temperature, power (and base_features, offered by the caller)."""
 
     def refined(self, query: Tensor) -> Tensor:
         """Prototypes from the support and the shifted, pseudo-labelled query batch."""

@@ -9,6 +9,7 @@ from fewshot.methods import (  # noqa: F401
     maml,
     metasgd,
     protonet,
+    pt_map,
     simpleshot,
     tim,
 )

@@ -28,3 +28,35 @@ def cosine(features: Tensor, prototypes: Tensor) -> Tensor:
 MIN_QUERIES_PER_CLASS = 2
 """Transductive heads use a query batch of at least this many images a class on average;
 with fewer (a single image to predict) they fall back to their inductive rule."""
+
+
+def power_transform(features: Tensor, power: float | None) -> Tensor:
+    """`sign(x) * |x| ** power` (Hu et al., 2021): pulls skewed, non-negative features (a
+    ReLU network's) towards Gaussian; `None` leaves them as they are."""
+    if power is None:
+        return features
+    return features.sign() * features.abs().pow(power)
+
+
+def centring_mean(power: float | None, base_mean: Tensor | None,
+                  base_features: Tensor | None) -> Tensor:
+    """The vector a head centres its (power-transformed) features on.
+
+    Without a power it is the base mean. With one it is the mean of the transformed base
+    features, which is not the transformed mean, so it needs base features; empty when
+    neither is known (features are then only normalised, and an adapted head gets its
+    saved vector back)."""
+    if power is None:
+        return torch.empty(0) if base_mean is None else base_mean.detach().float().clone()
+    if base_features is None or not base_features.numel():
+        return torch.empty(0)
+    return power_transform(base_features.detach().float(), power).mean(0)
+
+
+def transform_features(features: Tensor, power: float | None, centre: Tensor) -> Tensor:
+    """Power transform, centring (when a centre is known) and L2 normalisation: the
+    feature transform every feature-based head with a `power` option shares."""
+    features = power_transform(features, power)
+    if centre.numel():
+        features = features - centre.to(features)
+    return F.normalize(features, dim=-1)

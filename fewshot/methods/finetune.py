@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from fewshot.data.augment import augment as augment_images
 from fewshot.methods.base import FewShotHead, register_head
+from fewshot.methods.common import transform_features
 from fewshot.methods.linear_probe import train_linear
-from fewshot.methods.simpleshot import centre_normalise
 from fewshot.models.registry import last_stage_parameters
 
 
@@ -51,7 +51,7 @@ class FineTune(FewShotHead):
         return params
 
     def embed(self, images: Tensor) -> Tensor:
-        return centre_normalise(self.encoder(images), self.base_mean)
+        return transform_features(self.encoder(images), None, self.base_mean)
 
     def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
         params = self._last_stage()

@@ -1,7 +1,8 @@
 """Linear probe: a linear classifier on frozen features, trained on the support set.
 
 Transfer learning at test time as the source articles describe it. Features are centred
-on the base mean (when known) and L2-normalised, as for SimpleShot; the weights start
+on the base mean (when known) and L2-normalised, as for SimpleShot (with its `power`
+option); the weights start
 at the normalised prototypes, so step 0 is cosine nearest centroid, and a bounded number
 of full-batch Adam steps follow. Full-batch steps from a fixed start use no randomness,
 so a probe is deterministic (the seed is accepted for a uniform interface).
@@ -14,8 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.methods.base import FewShotHead, register_head
-from fewshot.methods.common import class_means
-from fewshot.methods.simpleshot import centre_normalise
+from fewshot.methods.common import centring_mean, class_means, transform_features
 
 
 def train_linear(features: Tensor, labels: Tensor, steps: int, lr: float,
@@ -39,16 +39,18 @@ def train_linear(features: Tensor, labels: Tensor, steps: int, lr: float,
 class LinearProbe(FewShotHead):
     def __init__(self, encoder: nn.Module, steps: int = 100, lr: float = 0.01,
                  temperature: float = 10.0, base_mean: Tensor | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, power: float | None = None,
+                 base_features: Tensor | None = None) -> None:
         super().__init__(encoder)
         self.steps, self.lr, self.temperature, self.seed = steps, lr, temperature, seed
-        self.register_buffer("base_mean", torch.empty(0) if base_mean is None
-                             else base_mean.detach().float().clone(), persistent=False)
+        self.power = power
+        self.register_buffer("base_mean", centring_mean(power, base_mean, base_features),
+                             persistent=False)
         self.linear: nn.Linear | None = None
 
     def embed(self, images: Tensor) -> Tensor:
         with torch.no_grad():
-            return centre_normalise(self.encoder(images), self.base_mean)
+            return transform_features(self.encoder(images), self.power, self.base_mean)
 
     def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
         self.linear = train_linear(self.embed(support), support_labels, self.steps, self.lr,

@@ -1,35 +1,40 @@
 """SimpleShot (Wang et al., 2019): nearest centroid on features centred on the base-class
 mean and L2-normalised ("CL2N"). Centring needs the base mean, which pretrain and
-meta-train store in the run directory; without it the features are only normalised."""
+meta-train store in the run directory; without it the features are only normalised.
+
+`power=BETA` first applies the power transform `sign(x) * |x| ** BETA` and then centres on
+the mean of the transformed base features (computed from the base subset the run stores),
+the transform PT-MAP found to make features more Gaussian; the linear probe and the
+transductive heads take the same option."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.methods.base import FewShotHead, register_head
-from fewshot.methods.common import class_means, squared_distances
-
-
-def centre_normalise(features: Tensor, base_mean: Tensor) -> Tensor:
-    if base_mean.numel():
-        features = features - base_mean.to(features)
-    return F.normalize(features, dim=-1)
+from fewshot.methods.common import (
+    centring_mean,
+    class_means,
+    squared_distances,
+    transform_features,
+)
 
 
 @register_head("simpleshot")
 class SimpleShot(FewShotHead):
-    def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None) -> None:
+    def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None,
+                 power: float | None = None, base_features: Tensor | None = None) -> None:
         super().__init__(encoder)
-        self.register_buffer("base_mean", torch.empty(0) if base_mean is None
-                             else base_mean.detach().float().clone(), persistent=False)
+        self.power = power
+        self.register_buffer("base_mean", centring_mean(power, base_mean, base_features),
+                             persistent=False)
         self.register_buffer("centroids", torch.empty(0), persistent=False)
 
     def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
-        features = centre_normalise(self.encoder(support), self.base_mean)
+        features = transform_features(self.encoder(support), self.power, self.base_mean)
         self.centroids = class_means(features, support_labels)
 
     def forward(self, query: Tensor) -> Tensor:
-        features = centre_normalise(self.encoder(query), self.base_mean)
+        features = transform_features(self.encoder(query), self.power, self.base_mean)
         return -squared_distances(features, self.centroids)

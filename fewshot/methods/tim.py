@@ -26,8 +26,9 @@ class TIM(TransductivePrototypes):
     def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None,
                  steps: int = 50, lr: float = 1e-4, temperature: float = 10.0,
                  cross_entropy_weight: float = 1.0, marginal_entropy_weight: float = 1.0,
-                 conditional_entropy_weight: float = 0.1) -> None:
-        super().__init__(encoder, base_mean, temperature)
+                 conditional_entropy_weight: float = 0.1, power: float | None = None,
+                 base_features: Tensor | None = None) -> None:
+        super().__init__(encoder, base_mean, temperature, power, base_features)
         self.steps, self.lr = steps, lr
         self.weights = (cross_entropy_weight, marginal_entropy_weight,
                         conditional_entropy_weight)

@@ -8,17 +8,23 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.methods.base import FewShotHead
-from fewshot.methods.common import MIN_QUERIES_PER_CLASS, class_means, cosine
-from fewshot.methods.simpleshot import centre_normalise
+from fewshot.methods.common import (
+    MIN_QUERIES_PER_CLASS,
+    centring_mean,
+    class_means,
+    cosine,
+    transform_features,
+)
 
 
 class TransductivePrototypes(FewShotHead):
     def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None,
-                 temperature: float = 10.0) -> None:
+                 temperature: float = 10.0, power: float | None = None,
+                 base_features: Tensor | None = None) -> None:
         super().__init__(encoder)
-        self.temperature = temperature
-        self.register_buffer("base_mean", torch.empty(0) if base_mean is None
-                             else base_mean.detach().float().clone(), persistent=False)
+        self.temperature, self.power = temperature, power
+        self.register_buffer("base_mean", centring_mean(power, base_mean, base_features),
+                             persistent=False)
         self.register_buffer("support_features", torch.empty(0), persistent=False)
         self.register_buffer("support_labels", torch.empty(0, dtype=torch.long),
                              persistent=False)
@@ -29,7 +35,8 @@ class TransductivePrototypes(FewShotHead):
         return True
 
     def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
-        self.support_features = centre_normalise(self.encoder(support), self.base_mean)
+        self.support_features = transform_features(self.encoder(support), self.power,
+                                                   self.base_mean)
         self.support_labels = support_labels
         self.prototypes = class_means(self.support_features, support_labels)
 
@@ -38,7 +45,7 @@ class TransductivePrototypes(FewShotHead):
         raise NotImplementedError
 
     def forward(self, query: Tensor) -> Tensor:
-        features = centre_normalise(self.encoder(query), self.base_mean)
+        features = transform_features(self.encoder(query), self.power, self.base_mean)
         if len(features) < MIN_QUERIES_PER_CLASS * self.prototypes.shape[0]:
             return self.temperature * cosine(features, self.prototypes)  # too few to use
         return self.temperature * cosine(features, self.refined(features.detach()))

@@ -36,7 +36,7 @@ from fewshot.features import embed, subsample
 from fewshot.methods.common import class_means
 from fewshot.progress import PlainProgress, console, make_progress
 from fewshot.run import RunDir, restore_training, rng_state
-from fewshot.schema import ModelMeta, Prototypes
+from fewshot.schema import BASE_FEATURES_PER_CLASS, ModelMeta, Prototypes
 from fewshot.tracking import Tracker
 from fewshot.train.validate import Validation, log_validation
 
@@ -212,11 +212,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps: int)
 def base_prototypes(encoder: nn.Module, images: Tensor, data: SplitData, transform,
                     device: torch.device, per_class: int) -> Prototypes:
     """Per-class mean features of the base classes (at most `per_class` images a class,
-    chosen with a fixed seed) and their overall mean, for SimpleShot and `--keep-base`."""
+    chosen with a fixed seed) and their overall mean, for SimpleShot and `--keep-base`, and
+    a seeded subset of the features themselves (for `method.power`)."""
     keep = subsample(data.labels, per_class, seed=0)
     features = embed(encoder, images[torch.from_numpy(keep)], transform, device)
     prototypes = class_means(features, torch.from_numpy(data.labels[keep]), len(data.classes))
-    return Prototypes(list(data.classes), prototypes, features.mean(0))
+    subset = subsample(data.labels[keep], BASE_FEATURES_PER_CLASS, seed=0)
+    return Prototypes(list(data.classes), prototypes, features.mean(0),
+                      features[torch.from_numpy(subset)])
 
 
 def start(config: Config, data_root: str | None, config_dir: Path | None,
@@ -259,6 +262,10 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
         saved = restore_training(run, stage.model, stage.optimizer, stage.scheduler)
         state = LoopState(**saved["train"]["loop"])
         stage.load_state_dict(saved["train"]["stage"])
+        if isinstance(stage.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            # resumed with more steps than planned: stretch the remaining decay (no restart)
+            steps = -(-stage.total // stage.units_per_step)
+            stage.scheduler.T_max = max(stage.scheduler.T_max, steps)
         run.truncate_metrics(state.position)
 
     wandb_on = config.tracking.wandb if use_wandb is None else use_wandb

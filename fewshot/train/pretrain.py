@@ -213,9 +213,6 @@ class PretrainStage(Stage):
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.scaler.load_state_dict(saved["scaler"])
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-            # resumed with more epochs: stretch the remaining decay (no restart)
-            self.scheduler.T_max = max(self.scheduler.T_max, self.total)
 
 
 def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | None = None,
