@@ -21,9 +21,8 @@ from fewshot.evaluate import evaluate
 ROOT = Path(__file__).resolve().parent.parent
 TASK = ROOT / "tasks" / "wbc-to-rbc.yaml"
 CANDIDATES = {
-    "linear-probe": ["linear-probe", "linear-probe:steps=50", "linear-probe:steps=200",
-                     "linear-probe:lr=0.05", "linear-probe:power=0.5",
-                     "linear-probe:power=0.5,steps=200"],
+    "linear-probe": ["linear-probe", "linear-probe:steps=200", "linear-probe:lr=0.05",
+                     "linear-probe:power=0.5"],
     "simpleshot": ["simpleshot", "simpleshot:power=0.5", "simpleshot:power=0.3"],
     "pt-map": ["pt-map", "pt-map:power=0.3", "pt-map:power=null", "pt-map:alpha=0.4"],
 }

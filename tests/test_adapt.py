@@ -304,3 +304,20 @@ def test_maml_family_head_adapts_saves_and_reloads(tmp_path, new_disease):
     loaded = Adapted.load(tmp_path / "one")
     images = decode_all(scan_folder(new_disease).paths, SIZE, quiet=True)
     assert torch.equal(adapted.probabilities(images), loaded.probabilities(images))
+
+
+def test_a_parameter_free_encoder_adapts_and_predicts(tmp_path):
+    """`pixels` has no parameters: prediction finds its device from the head's buffers."""
+    encoder = build_backbone("pixels", image_size=SIZE)
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.save_model(build_head("simpleshot", encoder).state_dict(), ModelMeta(**{
+        "kind": "pretrain", "task": "synthetic", "backbone": "pixels", "backbone_args": {},
+        "image_size": SIZE, "normalization": {"mean": list(IMAGENET_MEAN),
+                                              "std": list(IMAGENET_STD)},
+        "feature_dim": encoder.feature_dim, "head": "simpleshot", "head_options": {},
+        "classes": {"base": [], "val": [], "novel": []}, "metrics": {}}))
+    folder = make_folder(tmp_path / "new", {"a": 6, "b": 6}, size=SIZE)
+    records = BaseModel(run.path).adapt(folder, shots=3).predict([folder])
+    assert len(records) == 12 and all(r["error"] is None for r in records)
+    assert sum(r["prediction"] == r["path"].split("/")[-2] for r in records) >= 10

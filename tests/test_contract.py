@@ -198,3 +198,28 @@ def test_help_lists_every_built_in_head() -> None:
 
     assert set(HEAD_NAMES.split(", ")) == {n for n, c in HEADS.items()
                                            if c.__module__.startswith("fewshot.")}
+
+
+def test_training_never_opens_a_novel_file_and_refuses_a_shared_one(tmp_path) -> None:
+    """Novel images are garbage bytes here: pretrain and meta-train still run, since they
+    never decode them; a val file that is a link to a novel one stops training (exit 2)."""
+    task = write_tiny_task(tmp_path)
+    novel = [p for c in ("c6", "c7") for p in sorted((tmp_path / "data" / "ds" / c).iterdir())]
+    for path in novel:
+        path.write_bytes(b"not an image")
+    tiny = ["--set", f"data.task={task}", "--set", "model.backbone_args={channels: 4}",
+            "--set", "train.ways=2", "--set", "train.shots=1", "--set", "train.queries=2",
+            "--set", "train.val_episodes=4", "--set", "tracking.wandb=false"]
+    done = run_cli("pretrain", "--out", str(tmp_path / "pre"), "--set", "train.epochs=1",
+                   "--set", "train.batch_size=8", *tiny, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = run_cli("meta-train", "--out", str(tmp_path / "meta"), "--set", "train.episodes=2",
+                   *tiny, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    (tmp_path / "data" / "ds" / "c4" / "shared.png").symlink_to(novel[0])
+    refused = run_cli("pretrain", "--out", str(tmp_path / "again"), "--set", "train.epochs=1",
+                      *tiny, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "a file is in both the 'val' and 'novel' splits" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "again").exists()

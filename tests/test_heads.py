@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fewshot.methods import build_head, select_options
-from fewshot.models import build_backbone
+from fewshot.models import build_backbone, last_stage_parameters
 
 FEATURE_HEADS = ["protonet", "simpleshot", "linear-probe"]
 
@@ -103,3 +103,41 @@ def test_finetune_trains_last_stage_and_restores_it() -> None:
     head.process_support_set(images, labels)
     for key, value in encoder.state_dict().items():
         assert torch.equal(value, after_first[key])
+
+
+@pytest.mark.parametrize(("backbone", "args"), [("conv4", {}), ("resnet12", {}),
+                                                 ("resnet18", {}),
+                                                 ("resnet18", {"maxpool": False})])
+def test_an_encoder_split_at_its_last_stage_computes_the_same(backbone, args) -> None:
+    from fewshot.models.registry import split_last_stage
+
+    torch.manual_seed(0)
+    encoder = build_backbone(backbone, image_size=32, **args).eval()
+    trunk, tail = split_last_stage(encoder)
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(tail(trunk(images)), encoder(images), atol=1e-5)
+    tail_params = {id(p) for p in tail.parameters()}
+    assert {id(p) for p in last_stage_parameters(encoder)} <= tail_params
+    assert not tail_params & {id(p) for p in trunk.parameters()}
+
+
+def test_fast_finetune_trains_the_last_stage_on_flips_and_rotations() -> None:
+    from fewshot.methods.finetune import dihedral
+
+    views = dihedral(torch.arange(4.0).view(1, 1, 2, 2))
+    assert views.shape == (8, 1, 1, 2, 2) and len({tuple(v.flatten().tolist()) for v in views}) == 8
+    images, labels = torch.randn(6, 3, 16, 16), torch.tensor([0, 0, 1, 1, 2, 2])
+    outputs = []
+    for fast in (True, True, False):
+        torch.manual_seed(0)
+        encoder = build_backbone("conv4", image_size=16).eval()
+        head = build_head("finetune", encoder, steps=5, finetune_steps=4, finetune_lr=0.01,
+                          fast=fast, seed=3)
+        before = [p.clone() for p in last_stage_parameters(encoder)]
+        head.process_support_set(images, labels)
+        assert any(not torch.equal(a, b) for a, b in
+                   zip(before, last_stage_parameters(encoder), strict=True))
+        outputs.append(head(images))
+    assert torch.equal(outputs[0], outputs[1])  # seeded: the same views, the same model
+    assert not torch.equal(outputs[0], outputs[2])  # the slow path draws its own augmentation

@@ -21,8 +21,7 @@ register(Group(
     note="blood-v1: ResNet-18 supervised on the 15 non-novel classes (configs/blood-v1.yaml)",
     pairs=[Pair("blood-v1", "simpleshot", "blood-v1 + SimpleShot"),
            Pair("blood-v1", "linear-probe", "blood-v1 + linear probe"),
-           Pair("blood-v1", "finetune", "blood-v1 + finetune (freeze-then-unfreeze)",
-                episodes=30)]))
+           Pair("blood-v1", "finetune", "blood-v1 + finetune (freeze-then-unfreeze)")]))
 
 register(Group(
     name="power", task=TASK, tier="cpu", stages=[BLOOD_V1],
@@ -36,11 +35,13 @@ register(Group(
     reference="blood-v1 + SimpleShot",
     pairs=[Pair("blood-v1", "simpleshot:power=0.5", "blood-v1 + SimpleShot, power 0.5")]))
 
-for head, label in (("simpleshot", "SimpleShot"), ("linear-probe", "linear probe")):
+for head, label in (("simpleshot", "SimpleShot"), ("linear-probe", "linear probe"),
+                    ("finetune", "finetune (freeze-then-unfreeze)")):
     register(Group(
         name=f"meta-transfer-{head}", task=TASK, tier="cpu",
         stages=[BLOOD_V1, META_BASELINE],
         note="Meta-Baseline from blood-v1 (configs/blood-v1-metabaseline.yaml), paired "
              "against blood-v1 without meta-training, with the same test-time head",
         reference=f"blood-v1 + {label}",
-        pairs=[Pair("blood-v1-metabaseline", head, f"blood-v1 + Meta-Baseline + {label}")]))
+        pairs=[Pair("blood-v1-metabaseline", head, f"blood-v1 + Meta-Baseline + {label}"
+                    + (" (P>M>F)" if head == "finetune" else ""))]))

@@ -136,6 +136,22 @@ class Task:
         data.groups = self.groups_for(data)
         return data
 
+    def check_held_apart(self) -> None:
+        """No file of a training split (base, val) is also a novel file, by real path (a
+        link or a copy under two class folders): exit 2 naming it, before any training."""
+        novel = {os.path.realpath(p): p for name in self.classes("novel")
+                 for p in list_class_files(self.class_dir(name))[0]}
+        if not novel:
+            return
+        for split in ("base", "val"):
+            for name in self.classes(split):
+                for path in list_class_files(self.class_dir(name))[0]:
+                    if os.path.realpath(path) in novel:
+                        raise UsageError(f"a file is in both the '{split}' and 'novel' splits",
+                                         f"{path} = {novel[os.path.realpath(path)]}",
+                                         "novel images must never be trained on: remove "
+                                         "the link or move the file")
+
     def groups_for(self, data: SplitData) -> np.ndarray | None:
         """Group ids per image from each dataset's `group` regex (None: no grouping)."""
         from fewshot.data.groups import group_ids  # local: groups are optional

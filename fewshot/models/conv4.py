@@ -36,6 +36,9 @@ class Conv4(Backbone):
     def forward(self, images: Tensor) -> Tensor:
         return self.features(images)
 
+    def split_last_stage(self) -> tuple[nn.Module, nn.Module]:
+        return self.features[:-2], self.features[-2:]
+
 
 @register_backbone("conv4")
 def conv4(image_size: int = 84, in_channels: int = 3, **kwargs) -> Conv4:

@@ -56,6 +56,9 @@ class ResNet12(Backbone):
     def last_stage(self) -> nn.Module:
         return self.layers[-1]
 
+    def split_last_stage(self) -> tuple[nn.Module, nn.Module]:
+        return self.layers[:-1], nn.Sequential(self.layers[-1], self.pool)
+
     def forward(self, images: Tensor) -> Tensor:
         return self.pool(self.layers(images))
 

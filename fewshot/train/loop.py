@@ -233,6 +233,7 @@ def start(config: Config, data_root: str | None, config_dir: Path | None,
     device = pick_device(config.train.device)
     torch.manual_seed(config.train.seed)
     task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
+    task.check_held_apart()
     config.data.task = str(task.source.resolve())
     if config.model.weights and Path(config.model.weights).exists():
         config.model.weights = str(Path(config.model.weights).resolve())
