@@ -6,6 +6,10 @@ from rows import Group, Pair, Stage, register
 
 TASK = "tasks/blood-rare-rbc.yaml"
 BLOOD_V1 = Stage("blood-v1", "pretrain", "configs/blood-v1.yaml")
+FINETUNE_EPISODES = 100
+"""finetune re-runs the encoder's last stage every step (about 2 s a 5-shot episode on the
+2-core CPU, experiments/results/bench_finetune.md), so its rows use the first 100 of the
+600 episodes."""
 META_BASELINE = Stage("blood-v1-metabaseline", "meta-train", "configs/blood-v1-metabaseline.yaml",
                       sets=["model.weights=experiments/runs/blood-v1"])
 
@@ -21,7 +25,8 @@ register(Group(
     note="blood-v1: ResNet-18 supervised on the 15 non-novel classes (configs/blood-v1.yaml)",
     pairs=[Pair("blood-v1", "simpleshot", "blood-v1 + SimpleShot"),
            Pair("blood-v1", "linear-probe", "blood-v1 + linear probe"),
-           Pair("blood-v1", "finetune", "blood-v1 + finetune (freeze-then-unfreeze)")]))
+           Pair("blood-v1", "finetune", "blood-v1 + finetune (freeze-then-unfreeze)",
+                episodes=FINETUNE_EPISODES)]))
 
 register(Group(
     name="power", task=TASK, tier="cpu", stages=[BLOOD_V1],
@@ -44,4 +49,5 @@ for head, label in (("simpleshot", "SimpleShot"), ("linear-probe", "linear probe
              "against blood-v1 without meta-training, with the same test-time head",
         reference=f"blood-v1 + {label}",
         pairs=[Pair("blood-v1-metabaseline", head, f"blood-v1 + Meta-Baseline + {label}"
-                    + (" (P>M>F)" if head == "finetune" else ""))]))
+                    + (" (P>M>F)" if head == "finetune" else ""),
+                    episodes=FINETUNE_EPISODES if head == "finetune" else None)]))
