@@ -69,15 +69,14 @@ class PTMAP(FewShotHead):
         query = F.normalize(power_transform(self.encoder(query), self.power), dim=-1)
         support, labels = self.support_features, self.support_labels
         ways = int(labels.max()) + 1
-        if len(query) < MIN_QUERIES_PER_CLASS * ways:  # too few to use: inductive
-            centre = support.mean(0, keepdim=True)
-            support = F.normalize(support - centre, dim=-1)
-            query = F.normalize(query - centre, dim=-1)
-            return -self.lam * squared_distances(query, class_means(support, labels, ways))
-        centre = torch.cat([support, query.detach()]).mean(0, keepdim=True)
+        inductive = len(query) < MIN_QUERIES_PER_CLASS * ways  # too few to use
+        centre = (support if inductive else torch.cat([support, query.detach()])).mean(
+            0, keepdim=True)
         support = F.normalize(support - centre, dim=-1)
         query = F.normalize(query - centre, dim=-1)
         prototypes = class_means(support, labels, ways)
+        if inductive:
+            return -self.lam * squared_distances(query, prototypes)
         support_hot = F.one_hot(labels, ways).to(support.dtype)
         features = torch.cat([support, query.detach()])
         for _ in range(self.steps):

@@ -96,10 +96,8 @@ def split_last_stage(encoder: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     for encoders whose forward is a known chain (`split_last_stage()` on the encoder, or a
     torchvision ResNet); None for others. The modules are shared, not copied, so that
     `finetune` can run a frozen trunk once and train only the tail."""
+    from fewshot.models.torchvision_backbones import split_resnet
+
     if hasattr(encoder, "split_last_stage"):
         return encoder.split_last_stage()
-    if getattr(encoder, "torchvision_name", "").startswith("resnet"):
-        trunk = nn.Sequential(encoder.conv1, encoder.bn1, encoder.relu, encoder.maxpool,
-                              encoder.layer1, encoder.layer2, encoder.layer3)
-        return trunk, nn.Sequential(encoder.layer4, encoder.avgpool, nn.Flatten(1), encoder.fc)
-    return None
+    return split_resnet(encoder)

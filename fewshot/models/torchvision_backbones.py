@@ -80,6 +80,16 @@ def last_stage(model: nn.Module) -> list[nn.Parameter]:
     raise KeyError(name)
 
 
+def split_resnet(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(trunk, tail) of a torchvision ResNet, layer4 in the tail (torchvision's forward,
+    cut in two); None for the other torchvision models."""
+    if not getattr(model, "torchvision_name", "").startswith("resnet"):
+        return None
+    trunk = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
+                          model.layer1, model.layer2, model.layer3)
+    return trunk, nn.Sequential(model.layer4, model.avgpool, nn.Flatten(1), model.fc)
+
+
 def _register(name: str) -> Callable[..., nn.Module]:
     def builder(image_size: int = 224, in_channels: int = 3, **kwargs) -> nn.Module:
         return _build(name, image_size, in_channels, **kwargs)
