@@ -22,12 +22,14 @@ import torch
 from torch import Tensor
 
 from fewshot.assembly import load_model, model_transform
+from fewshot.calibration import fit_temperature, fold_count, out_of_fold_logits, record
 from fewshot.data.files import load_many, sha256_file, try_load
 from fewshot.device import pick_device
 from fewshot.errors import DataError, UsageError
 from fewshot.features import embed
 from fewshot.methods import FewShotHead, parse_head_spec, select_options
 from fewshot.metrics import leave_out_metrics
+from fewshot.ood import warning_line
 from fewshot.report import confusion_table, log_adapt
 from fewshot.run import RunDir, resolve_run
 from fewshot.schema import ModelMeta
@@ -167,11 +169,14 @@ class BaseModel:
 
     def adapt(self, folder: str | Path, shots: int = 5, method: str | None = None,
               seed: int = 0, keep_base: bool = False, out: str | Path | None = None,
-              score: bool = True, device: str = "cpu", quiet: bool = True):
+              score: bool = True, device: str = "cpu", quiet: bool = True,
+              calibrate: bool = True):
         """Adapt to the classes of `folder`; written to `out` when given. `method` is a
-        head name, with options as `NAME:KEY=VALUE[,KEY=VALUE]`."""
+        head name, with options as `NAME:KEY=VALUE[,KEY=VALUE]`; `calibrate=False` keeps
+        the head's raw softmax (temperature 1)."""
         adapted = adapt_folder(self, folder, shots=shots, method=method, seed=seed,
-                               keep_base=keep_base, score=score, device=device, quiet=quiet)
+                               keep_base=keep_base, score=score, device=device, quiet=quiet,
+                               calibrate=calibrate)
         if out is not None:
             adapted.save(out)
         return adapted
@@ -191,7 +196,7 @@ def build_for_adapt(base: BaseModel, method: str, seed: int, options: dict[str, 
 
 def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | None = None,
                  seed: int = 0, keep_base: bool = False, score: bool = True,
-                 device: str = "cpu", quiet: bool = True):
+                 device: str = "cpu", quiet: bool = True, calibrate: bool = True):
     """Adapt `base` to the classes of `folder` (see the module docstring)."""
     from fewshot.adapted import Adapted
 
@@ -209,6 +214,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     selection = select_support(folder, shots, seed, size, min_classes=1 if keep_base else 2)
     base_names: list[str] = []
     base_prototypes = None
+    stored = None
     if base.run.prototypes_path.is_file():
         stored = base.run.load_prototypes()
         base_names, base_prototypes = stored.class_names, stored.prototypes
@@ -223,18 +229,42 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
         classes += base_names
     head.to(dev)
     labels = torch.tensor([label for _, label in selection.support])
-    fit_head(head, selection.support_images, labels, model_transform(meta), dev,
-             base_prototypes if keep_base else None)
+    transform = model_transform(meta)
+    extra = base_prototypes if keep_base else None
+    # the base encoder's view of the support, before any fitting changes the encoder
+    base_view = embed(head.encoder, selection.support_images, transform, dev)
+    folds = fold_count(labels) if calibrate else 0
+    out_of_fold = (calibration_folds(head, method, options, selection.support_images,
+                                     base_view, labels, folds, seed, transform, dev, extra)
+                   if folds else None)
+    fit_head(head, selection.support_images, labels, transform, dev, extra)
     adapted = Adapted(
         head=head, classes=classes, method=method, head_options=options,
         info={"backbone": meta.backbone, "backbone_args": meta.backbone_args,
               "image_size": size, "normalization": meta.normalization.model_dump()},
     )
     adapted.provenance = provenance(base, selection, shots, seed, keep_base, base_names)
-    if score:
-        adapted.metrics = score_heldout(adapted, selection, len(selection.classes), quiet)
+    heldout = score_heldout(adapted, selection, len(selection.classes), quiet) if score \
+        else None
+    if heldout is not None:
+        adapted.metrics, heldout_logits, heldout_labels, heldout_features = heldout
     else:
         adapted.metrics = {"heldout": None, "note": "held-out images not scored"}
+        heldout_logits, heldout_labels = torch.empty(0, len(classes)), torch.empty(0).long()
+        heldout_features = torch.empty(0, base_view.shape[1])
+    adapted.calibration = calibration_record(out_of_fold, labels, folds, calibrate, method,
+                                             heldout_logits, heldout_labels)
+    domain_stats = stored.domain if base.run.prototypes_path.is_file() else None
+    support_view = base_view if head.feature_based else \
+        embed(head.encoder, selection.support_images, transform, dev)
+    adapted.support_features = support_view
+    adapted.domain = domain_check(domain_stats, base_view, heldout_features
+                                  if head.feature_based else None, support_view,
+                                  heldout_features)
+    if adapted.domain["out_of_domain"]:
+        warn(warning_line(adapted.domain["base"]))
+    elif adapted.domain["note"]:
+        print(f"note: {adapted.domain['note']}", file=sys.stderr)
     if selection.skipped:
         warn(f"skipped {len(selection.skipped)} file(s) that could not be used:")
         for path, reason in selection.skipped:
@@ -244,8 +274,8 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
 
 def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | None,
                   out: Path | None, seed: int, keep_base: bool, device: str,
-                  quiet: bool, use_wandb: bool = True, wandb_options: dict | None = None
-                  ) -> Path:
+                  quiet: bool, use_wandb: bool = True, wandb_options: dict | None = None,
+                  calibrate: bool = True) -> Path:
     """`fewshot adapt`: adapt, write the adapted folder, print what was measured."""
     from fewshot.progress import console
 
@@ -253,7 +283,7 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
     print(f"adapting {base.run.path} ({base.meta.kind} run, trained head {base.meta.head}, "
           f"{base.meta.backbone})", flush=True)
     adapted = adapt_folder(base, folder, shots=shots, method=method, seed=seed,
-                           keep_base=keep_base, device=device, quiet=quiet)
+                           keep_base=keep_base, device=device, quiet=quiet, calibrate=calibrate)
     target = out if out is not None else Path("adapted") / Path(folder).resolve().name
     adapted.save(target)
     m = adapted.metrics
@@ -273,12 +303,25 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
               f"held-out images; 95% CI {100 * low:.1f}-{100 * high:.1f}%, Wilson)")
     else:
         print(f"leave-out accuracy: n/a ({m.get('note')})")
+    print(calibration_line(adapted.calibration))
     print(f"adapted model written to {target}")
     if use_wandb:
         log_adapt(adapted, target, quiet, **(wandb_options or {}))
     if not quiet:
         console.print(f"next: fewshot predict {target} IMAGES...")
     return target
+
+
+def calibration_line(c: dict[str, Any]) -> str:
+    what = {"k-fold": f"{c['folds']}-fold on the support set",
+            "k-fold-proxy": f"{c['folds']}-fold on the support set, through {c['proxy']}",
+            "uncalibrated": "uncalibrated: one image a class leaves nothing to fold",
+            "off": "off (--no-calibrate)"}[c["fit"]]
+    line = f"calibration: temperature {c['temperature']:.3g} ({what})"
+    if c.get("ece_before") is not None:
+        line += (f"; held-out ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}, "
+                 f"Brier {c['brier_before']:.3f} -> {c['brier_after']:.3f}")
+    return line
 
 
 def provenance(base: BaseModel, selection: Selection, shots: int, seed: int, keep_base: bool,
@@ -301,8 +344,10 @@ def provenance(base: BaseModel, selection: Selection, shots: int, seed: int, kee
 
 
 def score_heldout(adapted, selection: Selection, new_classes: int, quiet: bool
-                  ) -> dict[str, Any]:
-    """Predict every held-out image; unreadable ones are listed in `skipped` and left out."""
+                  ) -> tuple[dict[str, Any], Tensor, Tensor, Tensor]:
+    """Predict every held-out image; unreadable ones are listed in `skipped` and left out.
+    Returns the leave-out metrics and the held-out logits (uncalibrated), labels and
+    features."""
     paths = [path for path, _ in selection.heldout]
     results = load_many(paths, adapted.image_size, quiet, "scoring held-out images")
     good = [i for i, r in enumerate(results) if not isinstance(r, str)]
@@ -312,8 +357,82 @@ def score_heldout(adapted, selection: Selection, new_classes: int, quiet: bool
     true = np.array([selection.heldout[i][1] for i in good], dtype=np.int64)
     if good:
         images = torch.from_numpy(np.stack([results[i] for i in good]))
-        pred = adapted.probabilities(images).argmax(1).numpy()
+        features, logits = adapted.features_and_logits(images)
     else:
-        pred = np.empty(0, dtype=np.int64)
+        features = torch.empty(0, 0)
+        logits = torch.empty(0, len(adapted.classes))
+    pred = logits.argmax(1).numpy() if good else np.empty(0, dtype=np.int64)
     adapted.provenance["skipped"] = [{"path": str(p), "reason": r} for p, r in selection.skipped]
-    return leave_out_metrics(true, pred, adapted.classes, new_classes)
+    metrics = leave_out_metrics(true, pred, adapted.classes, new_classes)
+    return metrics, logits, torch.from_numpy(true), features
+
+
+# ---------------------------------------------------------------- calibration and domain
+
+PROXY = {"finetune": "linear-probe"}
+"""Heads that re-run the encoder, and the feature-based head whose folds stand in for
+theirs (finetune starts from a linear probe on the same features)."""
+
+
+def calibration_folds(head: FewShotHead, method: str, options: dict[str, Any],
+                      images: Tensor, features: Tensor, labels: Tensor, folds: int,
+                      seed: int, transform, device: torch.device,
+                      extra_features: Tensor | None) -> Tensor:
+    """Out-of-fold logits of the support images (fewshot.calibration)."""
+    from fewshot.methods import build_head
+
+    fold_head = head
+    if method in PROXY:
+        proxy = PROXY[method]
+        fold_head = build_head(proxy, head.encoder, **select_options(proxy, options)).to(device)
+    ways = int(labels.max()) + 1
+
+    def fit_predict(train: Tensor, train_labels: Tensor, test: Tensor) -> Tensor:
+        fold_head.eval()
+        if fold_head.feature_based:
+            x, y = features[train].to(device), train_labels.to(device)
+            if extra_features is not None:
+                x = torch.cat([x, extra_features.to(device, x.dtype)])
+                y = torch.cat([y, torch.arange(ways, ways + len(extra_features), device=device)])
+            with torch.no_grad(), fold_head.on_features():
+                fold_head.process_support_set(x, y)
+                return fold_head(features[test].to(device))
+        fold_head.process_support_set(transform(images[train].to(device)),
+                                      train_labels.to(device))
+        with torch.no_grad():
+            return fold_head(transform(images[test].to(device)))
+
+    return out_of_fold_logits(fit_predict, labels, folds, seed)
+
+
+def calibration_record(out_of_fold: Tensor | None, labels: Tensor, folds: int,
+                       calibrate: bool, method: str, heldout_logits: Tensor,
+                       heldout_labels: Tensor) -> dict[str, Any]:
+    """adapted.json's `calibration`: the fitted temperature, or why there is none."""
+    if not calibrate:
+        return record(1.0, "off", heldout_logits, heldout_labels)
+    if out_of_fold is None:
+        return record(1.0, "uncalibrated", heldout_logits, heldout_labels)
+    temperature = fit_temperature(out_of_fold, labels)
+    proxy = PROXY.get(method)
+    return record(temperature, "k-fold-proxy" if proxy else "k-fold", heldout_logits,
+                  heldout_labels, folds=folds, proxy=proxy)
+
+
+def domain_check(stats: dict[str, Tensor] | None, base_view: Tensor,
+                 heldout_base_view: Tensor | None, support_view: Tensor,
+                 heldout_view: Tensor) -> dict[str, Any]:
+    """adapted.json's `domain`: the support against the base domain, and the reference
+    predict scores images against (fewshot.ood)."""
+    from fewshot.ood import BASE_MEASURE, base_check, support_threshold
+
+    images = base_view if heldout_base_view is None or not len(heldout_base_view) \
+        else torch.cat([base_view, heldout_base_view])
+    check = base_check(stats, images)
+    note = None if check is not None else (
+        "base model stores no domain statistics (prototypes.safetensors from an older "
+        "fewshot, or none): out-of-domain check against the base domain skipped")
+    heldout = heldout_view if len(heldout_view) else torch.empty(0, support_view.shape[1])
+    return {"measure": BASE_MEASURE, "base": check,
+            "support": support_threshold(support_view, heldout),
+            "out_of_domain": bool(check and check["out_of_domain"]), "note": note}

@@ -26,7 +26,11 @@ from fewshot.methods import FewShotHead
 from fewshot.schema import ADAPTED_JSON, AdaptedMeta, Preprocessing
 
 WEIGHTS, META, CARD = "adapted.safetensors", ADAPTED_JSON, "MODEL_CARD.md"
+RELIABILITY = "reliability.png"
 
+
+SUPPORT_FEATURES = "domain.support_features"
+"""The support images' encoder features, the reference of predict's out-of-domain score."""
 
 TASK_STATE = "task."
 """Prefix of a head's `task_state()` (the MAML family's adapted weights and support set)."""
@@ -132,7 +136,8 @@ class Adapted:
     def __init__(self, head: nn.Module, classes: list[str], method: str,
                  head_options: dict[str, Any], info: dict[str, Any],
                  provenance: dict[str, Any] | None = None,
-                 metrics: dict[str, Any] | None = None) -> None:
+                 metrics: dict[str, Any] | None = None,
+                 calibration: dict[str, Any] | None = None) -> None:
         from fewshot.data.images import Normalize
 
         self.head = head.eval()
@@ -142,6 +147,11 @@ class Adapted:
         self.info = info
         self.provenance = provenance or {}
         self.metrics = metrics or {}
+        self.calibration = calibration
+        """`schema.Calibration` content; its temperature divides the logits."""
+        self.domain: dict[str, Any] | None = None
+        """`schema.DomainCheck` content, and `support_features` scored by predict."""
+        self.support_features: Tensor | None = None
         self.transform = Normalize(**info["normalization"])
 
     def __repr__(self) -> str:
@@ -151,51 +161,111 @@ class Adapted:
     def image_size(self) -> int:
         return int(self.info["image_size"])
 
-    # ------------------------------------------------------------ prediction
-    @torch.no_grad()
-    def probabilities(self, images: Tensor, batch_size: int = 64) -> Tensor:
-        """Softmax over the classes for uint8 images `[N, C, H, W]`, `[N, len(classes)]`."""
-        self.head.eval()
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature of the calibrated probabilities (1 when uncalibrated)."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
+
+    @property
+    def transductive(self) -> bool:
+        return bool(self.head.transductive)
+
+    @property
+    def device(self) -> torch.device:
         # a pixels encoder has no parameters: any tensor of the head tells the device
         tensors = itertools.chain(self.head.parameters(), self.head.buffers())
-        device = next(tensors, torch.empty(0)).device
+        return next(tensors, torch.empty(0)).device
+
+    @torch.no_grad()
+    def logits(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        """Uncalibrated logits for uint8 images `[N, C, H, W]` (float32, on the CPU)."""
+        self.head.eval()
+        device = self.device
         if self.head.transductive:  # one problem: every image of the call at once
             batch_size = max(len(images), 1)
-        out = []
-        for start in range(0, len(images), batch_size):
-            logits = self.head(self.transform(images[start:start + batch_size].to(device)))
-            out.append(torch.softmax(logits.float(), dim=-1).cpu())
+        out = [self.head(self.transform(images[start:start + batch_size].to(device))).float()
+               .cpu() for start in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+    # ------------------------------------------------------------ prediction
+    def probabilities(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        """Calibrated softmax over the classes for uint8 images `[N, C, H, W]`."""
+        return torch.softmax(self.logits(images, batch_size) / self.temperature, dim=-1)
+
+    @torch.no_grad()
+    def features_and_logits(self, images: Tensor, batch_size: int = 64
+                            ) -> tuple[Tensor, Tensor]:
+        """Encoder features (what the out-of-domain check scores) and uncalibrated logits;
+        a feature-based head classifies the features, so the encoder runs once."""
+        from fewshot.features import embed
+
+        device = self.device
+        features = embed(self.head.encoder, images, self.transform, device, batch_size)
+        if not self.head.feature_based:
+            return features, self.logits(images, batch_size)
+        self.head.eval()
+        with self.head.on_features():
+            if self.head.transductive:
+                logits = self.head(features.to(device)).float().cpu()
+            else:
+                logits = torch.cat([self.head(features[i:i + batch_size].to(device)).float()
+                                    .cpu() for i in range(0, len(features), batch_size)]) \
+                    if len(features) else torch.empty(0, len(self.classes))
+        return features, logits
+
+    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Calibrated probabilities, out-of-domain scores and verdicts (None without a
+        support reference) of uint8 images."""
+        from fewshot.ood import nearest_support
+
+        features, logits = self.features_and_logits(images)
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        if self.support_features is None or len(images) == 0:
+            return probs, None, None
+        ood = nearest_support(features, self.support_features)
+        threshold = (self.domain or {}).get("support", {}).get("threshold")
+        flags = None if threshold is None else ood > threshold
+        return probs, ood, flags
+
+    def support_hashes(self) -> set[str]:
+        return {item["sha256"] for item in self.provenance.get("support", [])}
 
     def predict(self, paths: str | Path | list[str | Path], top_k: int | None = None,
                 reject_below: float | None = None, batch_size: int = 64,
                 quiet: bool = True) -> list[dict[str, Any]]:
         """One record per image file (folders are read recursively): `path`, `prediction`,
-        `probability`, `probabilities` per class, `top_k`, and `error` (None when read).
+        `probability` (calibrated), `probabilities` per class, `top_k`, `ood_score` and
+        `out_of_domain` (against the support, fewshot.ood), `in_support` (the file's
+        content is one of the support images'), and `error` (None when read).
 
         `reject_below`: the prediction is `unknown` when the top probability is lower.
         """
-        from fewshot.data.files import expand_paths, load_many
+        from fewshot.data.files import expand_paths, load_many, sha256_file
 
         files = expand_paths([paths] if isinstance(paths, str | Path) else paths, quiet)
-        if self.head.transductive:  # the images of one call are classified jointly
+        if self.transductive:  # the images of one call are classified jointly
             batch_size = max(len(files), 1)
         records: list[dict[str, Any]] = []
         k = min(top_k or 0, len(self.classes))
+        support = self.support_hashes()
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
             results = load_many(chunk, self.image_size)
             good = [i for i, r in enumerate(results) if not isinstance(r, str)]
-            probs = (self.probabilities(torch.from_numpy(np.stack([results[i] for i in good])))
-                     if good else None)
+            probs, ood, flags = (self.score(torch.from_numpy(np.stack([results[i]
+                                                                       for i in good])))
+                                 if good else (None, None, None))
             row_of = {i: row for row, i in enumerate(good)}
             for i, path in enumerate(chunk):
                 if i not in row_of:
                     records.append({"path": str(path), "prediction": None, "probability": None,
-                                    "probabilities": {}, "top_k": [], "error": results[i]})
+                                    "probabilities": {}, "top_k": [], "ood_score": None,
+                                    "out_of_domain": None, "in_support": None,
+                                    "error": results[i]})
                     continue
                 assert probs is not None
-                p = probs[row_of[i]]
+                row = row_of[i]
+                p = probs[row]
                 order = torch.argsort(p, descending=True, stable=True).tolist()
                 best = float(p[order[0]])
                 rejected = reject_below is not None and best < reject_below
@@ -206,6 +276,9 @@ class Adapted:
                     "probabilities": {c: float(v) for c, v in zip(self.classes, p.tolist(),
                                                                    strict=True)},
                     "top_k": [(self.classes[j], float(p[j])) for j in order[:k]],
+                    "ood_score": None if ood is None else float(ood[row]),
+                    "out_of_domain": None if flags is None else bool(flags[row]),
+                    "in_support": sha256_file(path) in support,
                     "error": None,
                 })
         return records
@@ -219,7 +292,8 @@ class Adapted:
             backbone=self.info["backbone"], backbone_args=self.info.get("backbone_args", {}),
             preprocessing=Preprocessing(image_size=self.image_size,
                                         normalization=self.info["normalization"]),
-            **self.provenance, metrics=self.metrics)
+            **self.provenance, metrics=self.metrics, calibration=self.calibration,
+            domain=self.domain)
 
     def save(self, out: str | Path) -> Path:
         """Write the adapted directory (atomic files; adapted.json last)."""
@@ -235,12 +309,32 @@ class Adapted:
         doc = self.document()
         # One metadata key: safetensors writes a metadata map in no fixed order, and the
         # same inputs must give byte-identical weights.
-        save_tensors(out / WEIGHTS, head_tensors(self.head), {"format": "fewshot-adapted"})
+        tensors = head_tensors(self.head)
+        if self.support_features is not None:
+            tensors[SUPPORT_FEATURES] = self.support_features.float().contiguous()
+        save_tensors(out / WEIGHTS, tensors, {"format": "fewshot-adapted"})
         doc.weights_sha256 = sha256_file(out / WEIGHTS)
+        self.draw_reliability(out)
         card = render_card(doc.as_json())
         atomic_write(out / CARD, lambda tmp: tmp.write_text(card, encoding="utf-8"))
         doc.write(out / META)
         return out
+
+    def draw_reliability(self, out: Path) -> None:
+        """reliability.png from the held-out images, when matplotlib is installed."""
+        import sys
+
+        from fewshot import plots
+
+        bins = (self.calibration or {}).get("reliability")
+        if not bins:
+            return
+        if not plots.available():
+            print(f"note: skipped reliability.png: matplotlib is not installed "
+                  f"({plots.INSTALL_HINT})", file=sys.stderr)
+            return
+        plots.reliability_diagram(bins, out / RELIABILITY, self.temperature,
+                                  f"{self.method}, held-out images")
 
     @classmethod
     def load(cls, path: str | Path) -> Adapted:
@@ -260,13 +354,18 @@ class Adapted:
         prep = doc.preprocessing
         encoder = build_backbone(doc.backbone, image_size=prep.image_size, **doc.backbone_args)
         head = build_head(doc.method, encoder, **doc.head_options)
-        restore_tensors(head, load_tensors(path / WEIGHTS), path / WEIGHTS)
+        tensors = load_tensors(path / WEIGHTS)
+        support_features = tensors.pop(SUPPORT_FEATURES, None)
+        restore_tensors(head, tensors, path / WEIGHTS)
         info = {"backbone": doc.backbone, "backbone_args": doc.backbone_args,
                 "image_size": prep.image_size, "normalization": prep.normalization.model_dump()}
         provenance = doc.as_json()
         for key in ("format_version", "fewshot_version", "kind", "method", "head_options",
                     "protocol", "classes", "backbone", "backbone_args", "preprocessing",
-                    "metrics", "weights_sha256"):
+                    "metrics", "weights_sha256", "calibration", "domain", "members"):
             provenance.pop(key)
-        return cls(head, doc.classes, doc.method, doc.head_options, info, provenance,
-                   doc.metrics)
+        adapted = cls(head, doc.classes, doc.method, doc.head_options, info, provenance,
+                      doc.metrics, doc.calibration.model_dump() if doc.calibration else None)
+        adapted.domain = doc.domain.model_dump() if doc.domain else None
+        adapted.support_features = support_features
+        return adapted

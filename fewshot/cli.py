@@ -397,6 +397,9 @@ def adapt_cmd(
     keep_base: Annotated[bool, typer.Option("--keep-base", help="Also answer the model's "
                                             "base classes (then one new class is enough).")
                          ] = False,
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit a "
+                                            "softmax temperature by k-fold over the support "
+                                            "set (needs 2+ images a class).")] = True,
     device: Annotated[str, typer.Option("--device", metavar="NAME",
                                         help="auto, cpu, cuda or mps.")] = "auto",
     wandb: WandbOpt = None, wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
@@ -416,7 +419,7 @@ def adapt_cmd(
     base = model if model is not None else quickstart_run(quiet)
     adapt_command(folder, shots, model=base, method=method, out=out, seed=seed,
                   keep_base=keep_base, device=device, quiet=quiet,
-                  use_wandb=wandb is not False,
+                  use_wandb=wandb is not False, calibrate=calibrate,
                   wandb_options={"log_model": log_model,
                                  **wandb_names(wandb_project, wandb_entity, run_name)})
 
@@ -507,6 +510,33 @@ def predict_cmd(
                              reject_below=reject_below, quiet=quiet)
     if failed:
         raise typer.Exit(1)
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@app.command("export")
+def export_cmd(
+    adapted: Annotated[Path, typer.Argument(metavar="ADAPTED_DIR",
+                                            help="Folder written by fewshot adapt.")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx (needs fewshot[export]) "
+                                              "or torchscript.")],
+    out: Annotated[Path | None, typer.Option("--out", metavar="FILE", help="File to write "
+                                             "(default ADAPTED_DIR/model.onnx or model.pt).")
+                   ] = None,
+) -> None:
+    """Write the adapted model (encoder, head, temperature) as one file: input float RGB
+    images [N, 3, H, W] in 0..255 at the model's image size, output the calibrated
+    probabilities [N, classes]; ONNX metadata names the classes and the image size.
+
+    Examples: fewshot export adapted/new_disease --format onnx ;
+    fewshot export adapted/new_disease --format torchscript --out model.pt"""
+    from fewshot.export import export_command
+
+    path = export_command(adapted, fmt.value, out)
+    screen.print(f"exported model written to {path}", markup=False)
 
 
 def _click_error(exc: BaseException) -> int | None:

@@ -36,6 +36,52 @@ def metrics_section(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def calibration_section(c: dict[str, Any] | None) -> list[str]:
+    if not c:
+        return ["Probabilities are the softmax of the method's scores (no calibration "
+                "recorded)."]
+    how = {"k-fold": f"fitted by {c.get('folds')}-fold cross-validation over the support "
+                     "set (the held-out images did not choose it)",
+           "k-fold-proxy": f"fitted by {c.get('folds')}-fold cross-validation over the "
+                           f"support set through `{c.get('proxy')}` on the same features "
+                           "(this method is not re-run per fold)",
+           "uncalibrated": "not fitted: one image a class leaves nothing to fold, so the "
+                           "probabilities are the raw softmax (uncalibrated)",
+           "off": "not fitted (`--no-calibrate`): the probabilities are the raw softmax"}
+    lines = [f"Probabilities are softmax(scores / T) with temperature **T = "
+             f"{c['temperature']:.3g}**, {how[c['fit']]}."]
+    if c.get("ece_before") is not None:
+        lines += ["", f"On {c['heldout']} held-out images (ECE: 10 equal-width confidence "
+                  "bins; Brier: multi-class):", "",
+                  "| | before (T = 1) | after |", "|---|---:|---:|",
+                  f"| ECE | {c['ece_before']:.3f} | {c['ece_after']:.3f} |",
+                  f"| Brier score | {c['brier_before']:.3f} | {c['brier_after']:.3f} |",
+                  "", "![reliability diagram](reliability.png)"]
+    return lines
+
+
+def domain_section(d: dict[str, Any] | None) -> list[str]:
+    if not d:
+        return ["No out-of-domain check was recorded."]
+    base = d.get("base")
+    if base is None:
+        lines = [f"Not checked against the base domain: {d.get('note')}."]
+    else:
+        verdict = ("**out of domain**: accuracy may be near the pixel floor; pretrain on "
+                   "this domain or adapt with unlabeled images of it" if base["out_of_domain"]
+                   else "within the encoder's domain")
+        lines = [f"Support and held-out images against the base domain ({d['measure']}): "
+                 f"median {base['score']:.2f} over {base['images']} images, threshold "
+                 f"{base['threshold']:.2f} (the {base['percentile']:g}th percentile of base "
+                 f"images' own scores): {verdict}."]
+    support = d.get("support", {})
+    if support.get("threshold") is not None:
+        lines += ["", f"`fewshot predict` marks an image `out_of_domain` when its "
+                  f"{support['measure']} is above {support['threshold']:.3f} "
+                  f"({support['reference']})."]
+    return lines
+
+
 def render_card(doc: dict[str, Any]) -> str:
     base = doc.get("base_model", {})
     support = Counter(item["class"] for item in doc.get("support", []))
@@ -91,6 +137,8 @@ def render_card(doc: dict[str, Any]) -> str:
         lines += ["", f"{len(skipped)} file(s) could not be read and were skipped "
                   "(listed in adapted.json)."]
     lines += ["", "## Metrics", ""] + metrics_section(doc.get("metrics", {}))
+    lines += ["", "## Calibration", ""] + calibration_section(doc.get("calibration"))
+    lines += ["", "## Domain", ""] + domain_section(doc.get("domain"))
     lines += [
         "",
         "## Limitations",
@@ -101,7 +149,7 @@ def render_card(doc: dict[str, Any]) -> str:
         "source, likely the same patients, scanner and staining), so the leave-out "
         "accuracy is optimistic for images from elsewhere. The interval treats images "
         "as independent, which images of one patient are not.",
-        "- Probabilities are the softmax of the method's scores, not calibrated; a "
+        "- A temperature fitted on a few support images is itself uncertain; a "
         "`--reject-below` threshold has not been validated on images of other classes.",
         "- The model knows only the classes listed; an image of any other kind still gets "
         "one of them unless it is rejected.",
@@ -110,7 +158,8 @@ def render_card(doc: dict[str, Any]) -> str:
         "",
         f"    fewshot adapt --shots {doc.get('shots')} {doc.get('data', {}).get('folder')} "
         f"--model {base.get('path')} --method {doc['method']} --seed {doc.get('seed')}"
-        + (" --keep-base" if doc.get("keep_base") else ""),
+        + (" --keep-base" if doc.get("keep_base") else "")
+        + (" --no-calibrate" if (doc.get("calibration") or {}).get("fit") == "off" else ""),
         "",
     ]
     return "\n".join(lines)

@@ -1,8 +1,10 @@
 """`fewshot predict`: which files to read, and predictions as CSV or JSON rows.
 
-Both formats carry the same columns: `path`, `prediction`, `probability`, then
-`top1`, `top1_probability`, ... with `--top-k`, one `p_<class>` column per class, and
-`error` (empty unless the file could not be read).
+Both formats carry the same columns: `path`, `prediction`, `probability` (calibrated),
+then `top1`, `top1_probability`, ... with `--top-k`, one `p_<class>` column per class,
+`ood_score` and `out_of_domain` (the image against the adapted classes' support images,
+fewshot.ood), `in_support` (the file's content is one of the support images': its
+prediction is no evidence), and `error` (empty unless the file could not be read).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 from fewshot.errors import UsageError
 
+TRUST_COLUMNS = ("ood_score", "out_of_domain", "in_support")
+
 
 def flat_rows(records: list[dict[str, Any]], classes: list[str], top_k: int
               ) -> tuple[list[str], list[dict[str, Any]]]:
@@ -24,7 +28,7 @@ def flat_rows(records: list[dict[str, Any]], classes: list[str], top_k: int
     columns = ["path", "prediction", "probability"]
     for i in range(1, k + 1):
         columns += [f"top{i}", f"top{i}_probability"]
-    columns += [f"p_{name}" for name in classes] + ["error"]
+    columns += [f"p_{name}" for name in classes] + list(TRUST_COLUMNS) + ["error"]
     rows = []
     for record in records:
         row: dict[str, Any] = {"path": record["path"], "prediction": record["prediction"],
@@ -34,6 +38,8 @@ def flat_rows(records: list[dict[str, Any]], classes: list[str], top_k: int
             row[f"top{i}"], row[f"top{i}_probability"] = pair
         for name in classes:
             row[f"p_{name}"] = record["probabilities"].get(name)
+        for name in TRUST_COLUMNS:
+            row[name] = record.get(name)
         row["error"] = record["error"]
         rows.append(row)
     return columns, rows
@@ -47,10 +53,16 @@ def render(records: list[dict[str, Any]], classes: list[str], fmt: str, top_k: i
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([safe_cell(c) for c in columns])
     for row in rows:
-        writer.writerow(["" if value is None else
-                         (f"{value:.6f}" if isinstance(value, float) else safe_cell(value))
-                         for value in (row[c] for c in columns)])
+        writer.writerow([cell(value) for value in (row[c] for c in columns)])
     return buffer.getvalue()
+
+
+def cell(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:.6f}" if isinstance(value, float) else safe_cell(value)
 
 
 def safe_cell(value: object) -> object:

@@ -24,8 +24,9 @@ from fewshot.data.files import atomic_write, save_tensors
 from fewshot.errors import DataError, UsageError
 from fewshot.version import __version__
 
-FORMAT_VERSION = 2
-"""1: the first layout; 2: one schema for all three files, prototypes carry a version."""
+FORMAT_VERSION = 3
+"""1: the first layout; 2: one schema for all three files, prototypes carry a version;
+3: adapted folders carry calibration, an out-of-domain check and ensemble members."""
 MAX_IMAGE_SIZE = 1024
 """Largest image side a model file may ask for (a larger one is a damaged file)."""
 
@@ -96,6 +97,42 @@ class SkippedFile(Document):
     reason: str
 
 
+class Calibration(Document):
+    """How the adapted head's probabilities were calibrated: softmax(logits / temperature).
+
+    `fit`: `k-fold` (out-of-fold support logits, `folds` folds), `uncalibrated`
+    (T = 1: one shot a class leaves nothing to fold), or `off` (`--no-calibrate`).
+    ECE (10 equal-width bins) and Brier score before and after, on the held-out images
+    when there are any (`None` otherwise)."""
+
+    temperature: float = Field(gt=0)
+    fit: Literal["k-fold", "k-fold-proxy", "uncalibrated", "off"]
+    folds: int | None = None
+    proxy: str | None = None
+    """For `k-fold-proxy`: the feature-based head whose folds stand in for a head that
+    re-runs the encoder (finetune is not re-run per fold)."""
+    ece_before: float | None = None
+    ece_after: float | None = None
+    brier_before: float | None = None
+    brier_after: float | None = None
+    heldout: int = 0
+    reliability: dict[str, list[dict[str, Any]]] | None = None
+    """`before` and `after`: per confidence bin, count, mean confidence and accuracy."""
+
+
+class DomainCheck(Document):
+    """The out-of-domain check of an adapted folder (`fewshot.ood`)."""
+
+    measure: str
+    base: dict[str, Any] | None = None
+    """Support vs the encoder's base domain: score, threshold, percentile, verdict; `None`
+    when the base model stores no domain statistics (`note` says so)."""
+    support: dict[str, Any] = Field(default_factory=dict)
+    """What predict scores each image against: k, threshold and how it was set."""
+    out_of_domain: bool = False
+    note: str | None = None
+
+
 class AdaptedMeta(Document):
     """adapted.json: classes, preprocessing, method and where every support image came from."""
 
@@ -121,6 +158,11 @@ class AdaptedMeta(Document):
     data: dict[str, Any] = Field(default_factory=dict)
     skipped: list[SkippedFile] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    calibration: Calibration | None = None
+    domain: DomainCheck | None = None
+    members: list[str] = Field(default_factory=list)
+    """An ensemble's member folders (`members/<i>`, each an adapted folder of its own);
+    the ensemble averages their calibrated probabilities. Empty for a single model."""
     weights_sha256: str | None = None
     """Of adapted.safetensors: weights copied from another adapted folder are refused."""
 
@@ -145,17 +187,21 @@ class Prototypes:
     name in `class_names`), the mean feature of the base images (SimpleShot centring) and
     a seeded subset of base features (float16, at most BASE_FEATURES_PER_CLASS a class),
     from which a head centres power-transformed features (`method.power`) where no base
-    image is at hand. Files written before the subset existed load with `None`."""
+    image is at hand, and the base-domain statistics of the out-of-domain check
+    (`fewshot.ood.DOMAIN_KEYS`). Files written before either existed load with `None`."""
 
     class_names: list[str]
     prototypes: Tensor
     base_mean: Tensor
     base_features: Tensor | None = None
+    domain: dict[str, Tensor] | None = None
 
     def save(self, path: Path) -> None:
         tensors = {"prototypes": self.prototypes, "base_mean": self.base_mean}
         if self.base_features is not None:
             tensors["base_features"] = self.base_features.half()
+        if self.domain is not None:
+            tensors.update(self.domain)
         save_tensors(path, tensors, {"class_names": json.dumps(self.class_names),
                                      "format_version": str(FORMAT_VERSION)})
 
@@ -171,6 +217,8 @@ class Prototypes:
                     handle.get_tensor("base_mean")
                 base_features = handle.get_tensor("base_features").float() \
                     if "base_features" in handle.keys() else None
+                domain = {key: handle.get_tensor(key) for key in DOMAIN_KEYS} \
+                    if set(DOMAIN_KEYS) <= set(handle.keys()) else None
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             raise DataError(f"cannot read prototypes: {exc}", path, fix) from None
         if version > FORMAT_VERSION:
@@ -180,8 +228,15 @@ class Prototypes:
                 or (base_features is not None and (base_features.dim() != 2 or
                                                    base_features.shape[1:] != base_mean.shape)):
             raise DataError("prototypes do not match their class names or features", path, fix)
-        return cls(list(names), prototypes, base_mean, base_features)
+        dim = base_mean.shape[0]
+        if domain is not None and (domain["domain_mean"].shape != (dim,)
+                                   or domain["domain_precision"].shape != (dim, dim)):
+            raise DataError("prototypes' domain statistics do not match the features", path, fix)
+        return cls(list(names), prototypes, base_mean, base_features, domain)
 
+
+DOMAIN_KEYS = ("domain_mean", "domain_precision", "domain_threshold", "domain_base_scores")
+"""Names of the base-domain statistics in prototypes.safetensors (see fewshot.ood)."""
 
 BASE_FEATURES_PER_CLASS = 40
 """Base features kept in prototypes.safetensors per class (float16: about 40 KB a class

@@ -69,6 +69,7 @@ class Tracker:
                      name: str | None) -> None:
         try:
             import wandb
+
             from fewshot.version import __version__
 
             self.mode = wandb_mode()

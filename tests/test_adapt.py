@@ -113,7 +113,7 @@ def test_adapt_and_predict_end_to_end(tmp_path, run_dir, new_disease):
     rows = list(csv.DictReader(io.StringIO(csv_run.stdout)))
     assert list(rows[0]) == ["path", "prediction", "probability", "top1", "top1_probability",
                              "top2", "top2_probability", "p_alpha", "p_beta", "p_gamma",
-                             "error"]
+                             "ood_score", "out_of_domain", "in_support", "error"]
     broken = [r for r in rows if r["path"].endswith("broken.png")]
     assert len(broken) == 1 and broken[0]["prediction"] == "" and broken[0]["error"]
     good = [r for r in rows if not r["error"]]
@@ -130,7 +130,7 @@ def test_adapt_and_predict_end_to_end(tmp_path, run_dir, new_disease):
     records = json.loads(json_out.read_text())
     assert [r["prediction"] for r in records] == ["gamma"] * 3
     assert set(records[0]) == {"path", "prediction", "probability", "p_alpha", "p_beta",
-                               "p_gamma", "error"}
+                               "p_gamma", "ood_score", "out_of_domain", "in_support", "error"}
 
 
 # ------------------------------------------------------------------ Python API

@@ -34,6 +34,7 @@ from fewshot.data.tasks import SplitData, Task, load_task
 from fewshot.device import pick_device
 from fewshot.features import embed, subsample
 from fewshot.methods.common import class_means
+from fewshot.ood import fit_domain
 from fewshot.progress import PlainProgress, console, make_progress
 from fewshot.run import RunDir, restore_training, rng_state
 from fewshot.schema import BASE_FEATURES_PER_CLASS, ModelMeta, Prototypes
@@ -213,13 +214,14 @@ def base_prototypes(encoder: nn.Module, images: Tensor, data: SplitData, transfo
                     device: torch.device, per_class: int) -> Prototypes:
     """Per-class mean features of the base classes (at most `per_class` images a class,
     chosen with a fixed seed) and their overall mean, for SimpleShot and `--keep-base`, and
-    a seeded subset of the features themselves (for `method.power`)."""
+    a seeded subset of the features themselves (for `method.power`), and the base-domain
+    statistics of the out-of-domain check."""
     keep = subsample(data.labels, per_class, seed=0)
     features = embed(encoder, images[torch.from_numpy(keep)], transform, device)
     prototypes = class_means(features, torch.from_numpy(data.labels[keep]), len(data.classes))
     subset = subsample(data.labels[keep], BASE_FEATURES_PER_CLASS, seed=0)
     return Prototypes(list(data.classes), prototypes, features.mean(0),
-                      features[torch.from_numpy(subset)])
+                      features[torch.from_numpy(subset)], fit_domain(features))
 
 
 def start(config: Config, data_root: str | None, config_dir: Path | None,
