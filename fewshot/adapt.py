@@ -244,6 +244,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
               "image_size": size, "normalization": meta.normalization.model_dump()},
     )
     adapted.provenance = provenance(base, selection, shots, seed, keep_base, base_names)
+    adapted.selection = selection  # for an ensemble's scoring; not saved
     heldout = score_heldout(adapted, selection, len(selection.classes), quiet) if score \
         else None
     if heldout is not None:
@@ -275,16 +276,21 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
 def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | None,
                   out: Path | None, seed: int, keep_base: bool, device: str,
                   quiet: bool, use_wandb: bool = True, wandb_options: dict | None = None,
-                  calibrate: bool = True) -> Path:
-    """`fewshot adapt`: adapt, write the adapted folder, print what was measured."""
+                  calibrate: bool = True,
+                  ensemble: list[tuple[Path | RunDir, str | None]] | None = None) -> Path:
+    """`fewshot adapt`: adapt, write the adapted folder, print what was measured.
+    `ensemble`: several (model, method) pairs adapted into one averaged model."""
     from fewshot.progress import console
 
+    target = out if out is not None else Path("adapted") / Path(folder).resolve().name
+    if ensemble:
+        return ensemble_command(folder, shots, ensemble, target, seed, keep_base, device,
+                                quiet, calibrate)
     base = BaseModel(model)
     print(f"adapting {base.run.path} ({base.meta.kind} run, trained head {base.meta.head}, "
           f"{base.meta.backbone})", flush=True)
     adapted = adapt_folder(base, folder, shots=shots, method=method, seed=seed,
                            keep_base=keep_base, device=device, quiet=quiet, calibrate=calibrate)
-    target = out if out is not None else Path("adapted") / Path(folder).resolve().name
     adapted.save(target)
     m = adapted.metrics
     if not quiet:
@@ -312,11 +318,86 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
     return target
 
 
+def adapt_ensemble(pairs: list[tuple[Path | RunDir, str | None]], folder: str | Path,
+                   shots: int, seed: int = 0, keep_base: bool = False, device: str = "cpu",
+                   quiet: bool = True, calibrate: bool = True):
+    """Adapt every (model, method) pair on the same support and average them: one
+    ensemble, scored on the same held-out images as each member."""
+    from fewshot.adapted import Ensemble
+    from fewshot.calibration import ece
+
+    members = []
+    for model, method in pairs:
+        base = BaseModel(model)
+        members.append(adapt_folder(base, folder, shots=shots, method=method, seed=seed,
+                                    keep_base=keep_base, device=device, quiet=quiet,
+                                    calibrate=calibrate))
+    supports = [[item["sha256"] for item in m.provenance["support"]] for m in members]
+    if any(s != supports[0] for s in supports[1:]):
+        raise UsageError("ensemble members chose different support images", folder,
+                         "train the members at the same image size, or fix unreadable files")
+    ensemble = Ensemble(members)
+    selection = members[0].selection
+    paths = [path for path, _ in selection.heldout]
+    results = load_many(paths, ensemble.image_size, quiet, "scoring held-out images (ensemble)")
+    good = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    true = np.array([selection.heldout[i][1] for i in good], dtype=np.int64)
+    scored = [m.metrics for m in members]
+    if good:
+        images = torch.from_numpy(np.stack([results[i] for i in good]))
+        per_member = [(torch.softmax(m.logits(images), -1), m.probabilities(images))
+                      for m in members]
+        raw = torch.stack([r for r, _ in per_member]).mean(0).double()
+        calibrated = torch.stack([c for _, c in per_member]).mean(0).double()
+        labels = torch.from_numpy(true)
+        ensemble.metrics = leave_out_metrics(true, calibrated.argmax(1).numpy(),
+                                             ensemble.classes, len(selection.classes))
+        fit = record(1.0, "members", torch.log(raw), labels)
+        after = record(1.0, "members", torch.log(calibrated), labels)
+        fit.update(ece_after=after["ece_after"], brier_after=after["brier_after"])
+        fit["reliability"] = {"before": fit["reliability"]["before"],
+                              "after": after["reliability"]["after"]}
+        member_ece = [ece(c.double(), labels) for _, c in per_member]
+    else:
+        ensemble.metrics = leave_out_metrics(true, np.empty(0, dtype=np.int64),
+                                             ensemble.classes, len(selection.classes))
+        fit = record(1.0, "members", torch.empty(0, len(ensemble.classes)),
+                     torch.empty(0).long())
+        member_ece = [None] * len(members)
+    ensemble.calibration = fit
+    ensemble.metrics["members"] = [
+        {"path": f"members/{i}", "base_model": m.provenance["base_model"]["path"],
+         "method": m.method, "accuracy": metrics.get("accuracy"), "ece": e}
+        for i, (m, metrics, e) in enumerate(zip(members, scored, member_ece, strict=True))]
+    return ensemble
+
+
+def ensemble_command(folder: Path, shots: int, pairs: list[tuple[Path | RunDir, str | None]],
+                     target: Path, seed: int, keep_base: bool, device: str, quiet: bool,
+                     calibrate: bool) -> Path:
+    ensemble = adapt_ensemble(pairs, folder, shots, seed, keep_base, device, quiet, calibrate)
+    ensemble.save(target)
+    for i, member in enumerate(ensemble.metrics["members"]):
+        acc = member["accuracy"]
+        print(f"member {i}: {member['base_model']} + {member['method']}: leave-out accuracy "
+              + ("n/a" if acc is None else f"{100 * acc:.1f}%"))
+    m = ensemble.metrics
+    if m.get("heldout"):
+        low, high = m["ci95"]
+        print(f"ensemble leave-out accuracy: {100 * m['accuracy']:.1f}% ({m['correct']}/"
+              f"{m['heldout']} held-out images; 95% CI {100 * low:.1f}-{100 * high:.1f}%, "
+              "Wilson)")
+    print(calibration_line(ensemble.calibration))
+    print(f"ensemble of {len(pairs)} adapted models written to {target}")
+    return target
+
+
 def calibration_line(c: dict[str, Any]) -> str:
     what = {"k-fold": f"{c['folds']}-fold on the support set",
             "k-fold-proxy": f"{c['folds']}-fold on the support set, through {c['proxy']}",
             "uncalibrated": "uncalibrated: one image a class leaves nothing to fold",
-            "off": "off (--no-calibrate)"}[c["fit"]]
+            "off": "off (--no-calibrate)",
+            "members": "each member on its own; the ensemble averages them"}[c["fit"]]
     line = f"calibration: temperature {c['temperature']:.3g} ({what})"
     if c.get("ece_before") is not None:
         line += (f"; held-out ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}, "

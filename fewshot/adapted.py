@@ -14,6 +14,7 @@ images. adapted.json is written last, so its presence marks a complete directory
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,75 @@ def check_weights(doc: AdaptedMeta, weights: Path) -> None:
                             f"have {count} ('{key}')", weights.parent, fix)
 
 
-class Adapted:
+class Predictor:
+    """What `fewshot predict` needs of a model, a single adapted one or an ensemble:
+    `classes`, `image_size`, `transductive`, `score(images)` and `support_hashes()`."""
+
+    classes: list[str]
+    image_size: int
+    transductive: bool
+
+    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        raise NotImplementedError
+
+    def support_hashes(self) -> set[str]:
+        raise NotImplementedError
+
+    def predict(self, paths: str | Path | list[str | Path], top_k: int | None = None,
+                reject_below: float | None = None, batch_size: int = 64,
+                quiet: bool = True) -> list[dict[str, Any]]:
+        """One record per image file (folders are read recursively): `path`, `prediction`,
+        `probability` (calibrated), `probabilities` per class, `top_k`, `ood_score` and
+        `out_of_domain` (against the support, fewshot.ood), `in_support` (the file's
+        content is one of the support images'), and `error` (None when read).
+
+        `reject_below`: the prediction is `unknown` when the top probability is lower.
+        """
+        from fewshot.data.files import expand_paths, load_many, sha256_file
+
+        files = expand_paths([paths] if isinstance(paths, str | Path) else paths, quiet)
+        if self.transductive:  # the images of one call are classified jointly
+            batch_size = max(len(files), 1)
+        records: list[dict[str, Any]] = []
+        k = min(top_k or 0, len(self.classes))
+        support = self.support_hashes()
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            results = load_many(chunk, self.image_size)
+            good = [i for i, r in enumerate(results) if not isinstance(r, str)]
+            probs, ood, flags = (self.score(torch.from_numpy(np.stack([results[i]
+                                                                       for i in good])))
+                                 if good else (None, None, None))
+            row_of = {i: row for row, i in enumerate(good)}
+            for i, path in enumerate(chunk):
+                if i not in row_of:
+                    records.append({"path": str(path), "prediction": None, "probability": None,
+                                    "probabilities": {}, "top_k": [], "ood_score": None,
+                                    "out_of_domain": None, "in_support": None,
+                                    "error": results[i]})
+                    continue
+                assert probs is not None
+                row = row_of[i]
+                p = probs[row]
+                order = torch.argsort(p, descending=True, stable=True).tolist()
+                best = float(p[order[0]])
+                rejected = reject_below is not None and best < reject_below
+                records.append({
+                    "path": str(path),
+                    "prediction": "unknown" if rejected else self.classes[order[0]],
+                    "probability": best,
+                    "probabilities": {c: float(v) for c, v in zip(self.classes, p.tolist(),
+                                                                   strict=True)},
+                    "top_k": [(self.classes[j], float(p[j])) for j in order[:k]],
+                    "ood_score": None if ood is None else float(ood[row]),
+                    "out_of_domain": None if flags is None else bool(flags[row]),
+                    "in_support": sha256_file(path) in support,
+                    "error": None,
+                })
+        return records
+
+
+class Adapted(Predictor):
     """A model adapted to new classes: `predict(paths)`, `save(dir)`, `Adapted.load(dir)`."""
 
     def __init__(self, head: nn.Module, classes: list[str], method: str,
@@ -158,7 +227,7 @@ class Adapted:
         return f"Adapted(method={self.method!r}, classes={self.classes!r})"
 
     @property
-    def image_size(self) -> int:
+    def image_size(self) -> int:  # type: ignore[override]
         return int(self.info["image_size"])
 
     @property
@@ -167,7 +236,7 @@ class Adapted:
         return float(self.calibration["temperature"]) if self.calibration else 1.0
 
     @property
-    def transductive(self) -> bool:
+    def transductive(self) -> bool:  # type: ignore[override]
         return bool(self.head.transductive)
 
     @property
@@ -230,59 +299,6 @@ class Adapted:
     def support_hashes(self) -> set[str]:
         return {item["sha256"] for item in self.provenance.get("support", [])}
 
-    def predict(self, paths: str | Path | list[str | Path], top_k: int | None = None,
-                reject_below: float | None = None, batch_size: int = 64,
-                quiet: bool = True) -> list[dict[str, Any]]:
-        """One record per image file (folders are read recursively): `path`, `prediction`,
-        `probability` (calibrated), `probabilities` per class, `top_k`, `ood_score` and
-        `out_of_domain` (against the support, fewshot.ood), `in_support` (the file's
-        content is one of the support images'), and `error` (None when read).
-
-        `reject_below`: the prediction is `unknown` when the top probability is lower.
-        """
-        from fewshot.data.files import expand_paths, load_many, sha256_file
-
-        files = expand_paths([paths] if isinstance(paths, str | Path) else paths, quiet)
-        if self.transductive:  # the images of one call are classified jointly
-            batch_size = max(len(files), 1)
-        records: list[dict[str, Any]] = []
-        k = min(top_k or 0, len(self.classes))
-        support = self.support_hashes()
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            results = load_many(chunk, self.image_size)
-            good = [i for i, r in enumerate(results) if not isinstance(r, str)]
-            probs, ood, flags = (self.score(torch.from_numpy(np.stack([results[i]
-                                                                       for i in good])))
-                                 if good else (None, None, None))
-            row_of = {i: row for row, i in enumerate(good)}
-            for i, path in enumerate(chunk):
-                if i not in row_of:
-                    records.append({"path": str(path), "prediction": None, "probability": None,
-                                    "probabilities": {}, "top_k": [], "ood_score": None,
-                                    "out_of_domain": None, "in_support": None,
-                                    "error": results[i]})
-                    continue
-                assert probs is not None
-                row = row_of[i]
-                p = probs[row]
-                order = torch.argsort(p, descending=True, stable=True).tolist()
-                best = float(p[order[0]])
-                rejected = reject_below is not None and best < reject_below
-                records.append({
-                    "path": str(path),
-                    "prediction": "unknown" if rejected else self.classes[order[0]],
-                    "probability": best,
-                    "probabilities": {c: float(v) for c, v in zip(self.classes, p.tolist(),
-                                                                   strict=True)},
-                    "top_k": [(self.classes[j], float(p[j])) for j in order[:k]],
-                    "ood_score": None if ood is None else float(ood[row]),
-                    "out_of_domain": None if flags is None else bool(flags[row]),
-                    "in_support": sha256_file(path) in support,
-                    "error": None,
-                })
-        return records
-
     # ------------------------------------------------------------ saving and loading
     def document(self) -> AdaptedMeta:
         """The content of adapted.json (validated by its schema as it is built)."""
@@ -337,7 +353,8 @@ class Adapted:
                                   f"{self.method}, held-out images")
 
     @classmethod
-    def load(cls, path: str | Path) -> Adapted:
+    def load(cls, path: str | Path) -> Adapted | Ensemble:  # type: ignore[return]
+        """An adapted folder; an ensemble's folder loads as an `Ensemble`."""
         from fewshot.data.files import load_tensors
         from fewshot.methods import build_head
         from fewshot.models import build_backbone
@@ -350,6 +367,8 @@ class Adapted:
             raise UsageError("not an adapted model folder (no adapted.json)", path,
                              "pass the folder written by fewshot adapt")
         doc = AdaptedMeta.read(path / META)
+        if doc.members:
+            return Ensemble.load_members(path, doc)
         check_weights(doc, path / WEIGHTS)
         prep = doc.preprocessing
         encoder = build_backbone(doc.backbone, image_size=prep.image_size, **doc.backbone_args)
@@ -369,3 +388,131 @@ class Adapted:
         adapted.domain = doc.domain.model_dump() if doc.domain else None
         adapted.support_features = support_features
         return adapted
+
+
+MEMBER = re.compile(r"members/\d+")
+
+
+class Ensemble(Predictor):
+    """Several adapted models of the same classes: the mean of their calibrated
+    probabilities. Saved as one folder with each member in `members/<i>/` (an adapted
+    folder of its own) and an adapted.json that lists them."""
+
+    method = "ensemble"
+    temperature = 1.0
+    """Each member carries its own; the mean of calibrated probabilities is not rescaled."""
+
+    def __init__(self, members: list[Adapted], metrics: dict[str, Any] | None = None,
+                 calibration: dict[str, Any] | None = None) -> None:
+        if len(members) < 2:
+            raise UsageError("an ensemble needs at least two members", "--model",
+                             "pass --model twice or more, or several --method")
+        first = members[0]
+        for m in members[1:]:
+            if m.classes != first.classes:
+                raise UsageError("ensemble members answer different classes", m.method,
+                                 "adapt every member on the same folder")
+            if m.image_size != first.image_size:
+                raise UsageError(f"ensemble members take different image sizes "
+                                 f"({first.image_size} and {m.image_size} px)", "--model",
+                                 "ensemble models trained at the same image size")
+        self.members = members
+        self.classes = list(first.classes)
+        self.metrics = metrics or {}
+        self.calibration = calibration
+        self.provenance = dict(first.provenance)
+
+    def __repr__(self) -> str:
+        return f"Ensemble({[m.method for m in self.members]!r}, classes={self.classes!r})"
+
+    @property
+    def image_size(self) -> int:  # type: ignore[override]
+        return self.members[0].image_size
+
+    @property
+    def transductive(self) -> bool:  # type: ignore[override]
+        return any(m.transductive for m in self.members)
+
+    def probabilities(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        return torch.stack([m.probabilities(images, batch_size) for m in self.members]).mean(0)
+
+    def score(self, images: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Mean probabilities; the members' out-of-domain scores averaged, and an image
+        out of domain when any member says so."""
+        scored = [m.score(images) for m in self.members]
+        probs = torch.stack([p for p, _, _ in scored]).mean(0)
+        oods = [o for _, o, _ in scored if o is not None]
+        flags = [f for _, _, f in scored if f is not None]
+        return (probs, torch.stack(oods).mean(0) if oods else None,
+                torch.stack(flags).any(0) if flags else None)
+
+    def support_hashes(self) -> set[str]:
+        return set().union(*(m.support_hashes() for m in self.members))
+
+    def domain_summary(self) -> dict[str, Any]:
+        """Out of domain when any member's check says so; each member keeps its own."""
+        checks = [m.domain for m in self.members if m.domain]
+        flagged = [i for i, m in enumerate(self.members) if m.domain and
+                   m.domain.get("out_of_domain")]
+        return {"measure": checks[0]["measure"] if checks else "none",
+                "out_of_domain": bool(flagged),
+                "note": "each member's folder (members/<i>/adapted.json) holds its own check"
+                        + (f"; out of domain for member(s) {flagged}" if flagged else "")}
+
+    def document(self) -> AdaptedMeta:
+        first = self.members[0].document()
+        provenance = {k: v for k, v in self.provenance.items() if k != "base_model"}
+        return AdaptedMeta(
+            method="ensemble", protocol="transductive" if self.transductive else "inductive",
+            classes=self.classes,
+            backbone="+".join(m.info["backbone"] for m in self.members),
+            preprocessing=first.preprocessing, **provenance, metrics=self.metrics,
+            calibration=self.calibration, domain=self.domain_summary(),
+            members=[f"members/{i}" for i in range(len(self.members))])
+
+    def save(self, out: str | Path) -> Path:
+        from fewshot.data.files import atomic_write
+        from fewshot.model_card import render_card
+
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise UsageError("output path is a file", out, "pass a folder to --out")
+        if out.is_dir() and any(out.iterdir()) and not (out / META).is_file():
+            raise UsageError("output folder exists and is not an adapted model", out,
+                             "choose another --out, or empty the folder")
+        (out / META).unlink(missing_ok=True)  # incomplete until written again, last
+        for i, member in enumerate(self.members):
+            member.save(out / "members" / str(i))
+        doc = self.document()
+        bins = (self.calibration or {}).get("reliability")
+        if bins:
+            from fewshot import plots
+
+            if plots.available():
+                plots.reliability_diagram(bins, out / RELIABILITY, 1.0,
+                                          "ensemble, held-out images",
+                                          before="mean of raw softmax",
+                                          after="mean of calibrated members")
+        card = render_card(doc.as_json())
+        atomic_write(out / CARD, lambda tmp: tmp.write_text(card, encoding="utf-8"))
+        doc.write(out / META)
+        return out
+
+    @classmethod
+    def load_members(cls, path: Path, doc: AdaptedMeta) -> Ensemble:
+        members = []
+        for name in doc.members:
+            if not MEMBER.fullmatch(name):
+                raise DataError(f"adapted.json names a member outside members/: {name!r}",
+                                path / META, "re-run fewshot adapt")
+            member = Adapted.load(path / name)
+            if isinstance(member, Ensemble):
+                raise DataError("an ensemble member is itself an ensemble", path / name,
+                                "re-run fewshot adapt")
+            members.append(member)
+        ensemble = cls(members, doc.metrics,
+                       doc.calibration.model_dump() if doc.calibration else None)
+        if ensemble.classes != doc.classes:
+            raise DataError("adapted.json's classes differ from its members'", path / META,
+                            "re-run fewshot adapt")
+        return ensemble

@@ -333,6 +333,9 @@ def evaluate_cmd(
         "by a seeded Dirichlet(ALPHA) draw, at least 1 each (smaller: more unequal).")] = None,
     json_out: Annotated[Path | None, _opt("--json", metavar="FILE", help="Write every number, "
                                           "per-episode accuracies included, as JSON.")] = None,
+    ensemble: Annotated[bool, _opt("--ensemble", help="Add a row scoring the mean of the "
+                                   "pairs' softmax probabilities, paired against each.")
+                        ] = False,
     data_root: DataRootOpt = None, device: DeviceOpt = None, wandb: WandbOpt = None,
     wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
     run_name: RunNameOpt = None, log_model: LogModelOpt = False, quiet: Quiet = False,
@@ -362,7 +365,8 @@ def evaluate_cmd(
                       episodes=episodes or e.episodes, seed=e.seed if seed is None else seed,
                       data_root=data_root, device=device or "auto", slow_episodes=slow_episodes,
                       max_per_class=max_per_class, quiet=quiet, query_imbalance=query_imbalance,
-                      relative_to=config.parent if config is not None else None)
+                      relative_to=config.parent if config is not None else None,
+                      ensemble=ensemble)
     wide = Console(highlight=False, width=max(screen.width, 140))  # whole numbers in pipes
     wide.print(results_table(result))
     if not quiet:
@@ -381,15 +385,13 @@ def adapt_cmd(
     shots: Annotated[int, typer.Option("--shots", min=1, metavar="K", help="Support images "
                                        "per class (at most); the rest are held out and "
                                        "scored.")],
-    model: Annotated[Path | None, typer.Option("--model", metavar="RUN_DIR", help="Run "
-                                               "directory or shipped model name (default "
-                                               "runs/latest, else the quickstart model).")
-                     ] = None,
-    method: Annotated[str | None, typer.Option("--method", metavar="NAME[:K=V,...]",
-                                               help=f"Head to adapt with ({HEAD_NAMES}; "
-                                               "plugins: fewshot list heads), options as "
-                                               "NAME:KEY=VALUE[,KEY=VALUE] (default: the "
-                                               "model's own).")] = None,
+    model: Annotated[list[Path] | None, typer.Option(
+        "--model", metavar="RUN_DIR", help="Run directory or shipped model name (default "
+        "runs/latest, else the shipped blood-v1); several: an ensemble.")] = None,
+    method: Annotated[list[str] | None, typer.Option(
+        "--method", metavar="NAME[:K=V,...]", help=f"Head to adapt with ({HEAD_NAMES}; "
+        "plugins: fewshot list heads), options as NAME:KEY=VALUE[,KEY=VALUE] (default: the "
+        "model's own); pairs with --model in order, as in evaluate.")] = None,
     out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Adapted model folder "
                                              "(default adapted/<DIR name>).")] = None,
     seed: Annotated[int, typer.Option("--seed", metavar="S",
@@ -411,14 +413,22 @@ def adapt_cmd(
     """Adapt a trained model to the classes of DIR from at most --shots images each, score
     every other image (leave-out accuracy with a 95% CI) and write the adapted model.
 
+    Several (--model, --method) pairs make an ensemble: each is adapted and calibrated on
+    the same support images, and the folder averages their probabilities.
+
     Examples: fewshot adapt --shots 5 new_disease/ ;
-    fewshot adapt --shots 5 new_disease/ --model runs/latest --method linear-probe:steps=50"""
+    fewshot adapt --shots 5 new_disease/ --model runs/latest --method linear-probe:steps=50 ;
+    fewshot adapt --shots 5 new_disease/ --model blood-v1 --method simpleshot
+    --method linear-probe"""
     from fewshot.adapt import adapt_command
+    from fewshot.evaluate import pair_up
     from fewshot.quickstart import quickstart_run
 
-    base = model if model is not None else quickstart_run(quiet)
-    adapt_command(folder, shots, model=base, method=method, out=out, seed=seed,
+    models: list = list(model or []) or [quickstart_run(quiet)]
+    pairs = pair_up(models, list(method or []), "--method")
+    adapt_command(folder, shots, model=pairs[0][0], method=pairs[0][1], out=out, seed=seed,
                   keep_base=keep_base, device=device, quiet=quiet,
+                  ensemble=pairs if len(pairs) > 1 else None,
                   use_wandb=wandb is not False, calibrate=calibrate,
                   wandb_options={"log_model": log_model,
                                  **wandb_names(wandb_project, wandb_entity, run_name)})

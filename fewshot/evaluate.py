@@ -63,13 +63,23 @@ class Candidate:
     auroc: list[float] = field(default_factory=list)
     hits: dict[str, int] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
+    members: list[int] = field(default_factory=list)
+    """For the `--ensemble` row: the indices of the pairs it averages."""
+    member_protocols: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
         return f"{self.model} + {self.head_name}"
 
+    @property
+    def protocol(self) -> str:
+        if self.members:
+            return "transductive" if "transductive" in self.member_protocols else "inductive"
+        return self.head.protocol
 
-def pair_up(models: list[str], heads: list[str]) -> list[tuple[str, str | None]]:
+
+def pair_up(models: list, heads: list[str], option: str = "--head"
+            ) -> list[tuple[Any, str | None]]:
     """`--model` and `--head` pair in order; one of either is shared by all of the other."""
     if not models:
         raise UsageError("no model to evaluate", "--model", "pass --model RUN_DIR")
@@ -80,8 +90,8 @@ def pair_up(models: list[str], heads: list[str]) -> list[tuple[str, str | None]]
     if len(heads) == 1:
         return [(m, heads[0]) for m in models]
     if len(models) != len(heads):
-        raise UsageError(f"{len(models)} --model and {len(heads)} --head do not pair up",
-                         "--head", "give one head, one model, or as many of each")
+        raise UsageError(f"{len(models)} --model and {len(heads)} {option} do not pair up",
+                         option, f"give one {option}, one --model, or as many of each")
     return list(zip(models, heads, strict=True))
 
 
@@ -166,11 +176,13 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
              slow_episodes: int | None = None, head_options: dict[str, Any] | None = None,
              max_per_class: int | None = None, cache: Models | None = None,
              relative_to: Path | None = None, query_imbalance: float | None = None,
-             quiet: bool = False) -> dict[str, Any]:
+             ensemble: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Score every (model, head) pair on the same seeded episodes; returns the JSON dict.
 
     `cache` (a `Models` of the same task, split, seed and pool) reuses features across
-    calls, e.g. 1-shot and 5-shot on one embedding."""
+    calls, e.g. 1-shot and 5-shot on one embedding. `ensemble` adds a last row that
+    scores the mean of every pair's softmax probabilities (on the episodes all pairs
+    have), paired against the reference and against each pair it averages."""
     from fewshot.version import __version__
 
     if split not in ("base", "val", "novel"):
@@ -195,13 +207,19 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
             console.print(f"note: {head.name} re-runs the encoder every step, so it is scored "
                           f"on the first {count} of the {episodes} episodes (--slow-episodes)")
 
+    if ensemble:
+        if len(candidates) < 2:
+            raise UsageError("--ensemble needs at least two (model, head) pairs", "--ensemble",
+                             "pass several --model and/or --head")
+        candidates.append(ensemble_candidate(candidates))
     _, data = cache.split_images(candidates[0].image_size)
     sampler = EpisodeSampler(data.labels, ways, shots, queries, episodes=episodes, seed=seed,
                              groups=data.groups, class_names=data.classes,
                              query_imbalance=query_imbalance)
     features: dict[int, Tensor] = {}
     for i, c in enumerate(candidates):
-        if c.head.feature_based:  # embed once per model; the head then sees features only
+        if c.head.feature_based and not c.members:  # embed once per model; the head then
+            # sees features only
             features[i] = cache.split_features(c.model, c.head.encoder, c.image_size,
                                                c.normalize)
     support_labels = episode_labels(ways, shots, dev)
@@ -214,10 +232,15 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
             ep = sampler.episode(index)
             names = [data.classes[c] for c in ep.classes]
             query_labels = torch.from_numpy(ep.query_labels(sampler.queries)).to(dev)
+            probs: dict[int, Tensor] = {}
             for i, c in enumerate(candidates):
                 if index >= c.episodes:
                     continue
-                logits = run_episode(c, ep, features.get(i), cache, support_labels)
+                if c.members:  # the mean of the members' probabilities, as a log for softmax
+                    logits = torch.log(torch.stack([probs[m] for m in c.members]).mean(0))
+                else:
+                    logits = run_episode(c, ep, features.get(i), cache, support_labels)
+                    probs[i] = torch.softmax(logits.float(), dim=-1)
                 record(c, episode_metrics(logits, query_labels, ways), names)
             progress.update(bar, completed=index + 1,
                             status=f"{100 * np.mean(candidates[0].accuracy):.1f}%")
@@ -230,8 +253,19 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         "protocol": overall_protocol(candidates), "max_per_class": max_per_class,
         "query_imbalance": query_imbalance,
         "results": [summarise(c) for c in candidates],
-        "paired": [paired(candidates[0], c) for c in candidates[1:]],
+        "paired": [paired(candidates[0], c) for c in candidates[1:]]
+        + [paired(candidates[m], c) for c in candidates if c.members for m in c.members[1:]],
     }
+
+
+def ensemble_candidate(candidates: list[Candidate]) -> Candidate:
+    """The row that averages the probabilities of every pair before it."""
+    first = candidates[0]
+    return Candidate(
+        "ensemble", "mean(" + ", ".join(c.label for c in candidates) + ")", first.head,
+        first.image_size, first.normalize, min(c.episodes for c in candidates),
+        members=list(range(len(candidates))),
+        member_protocols=[c.head.protocol for c in candidates])
 
 
 def run_episode(c: Candidate, ep, features: Tensor | None, cache: Models,
@@ -253,7 +287,7 @@ def run_episode(c: Candidate, ep, features: Tensor | None, cache: Models,
 
 def overall_protocol(candidates: list[Candidate]) -> str:
     """`inductive` or `transductive` when every pair agrees, else `mixed`."""
-    protocols = {c.head.protocol for c in candidates}
+    protocols = {c.protocol for c in candidates}
     return protocols.pop() if len(protocols) == 1 else "mixed"
 
 
@@ -266,7 +300,7 @@ def record(c: Candidate, metrics: dict[str, Any], names: list[str]) -> None:
 
 
 def summarise(c: Candidate) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": c.model, "head": c.head_name, "protocol": c.head.protocol,
+    out: dict[str, Any] = {"model": c.model, "head": c.head_name, "protocol": c.protocol,
                            "episodes": len(c.accuracy)}
     for key in ("accuracy", "macro_f1", "balanced_accuracy", "auroc"):
         mean, ci = mean_ci(np.asarray(getattr(c, key)))

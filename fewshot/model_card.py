@@ -48,12 +48,17 @@ def calibration_section(c: dict[str, Any] | None) -> list[str]:
            "uncalibrated": "not fitted: one image a class leaves nothing to fold, so the "
                            "probabilities are the raw softmax (uncalibrated)",
            "off": "not fitted (`--no-calibrate`): the probabilities are the raw softmax"}
-    lines = [f"Probabilities are softmax(scores / T) with temperature **T = "
-             f"{c['temperature']:.3g}**, {how[c['fit']]}."]
+    if c["fit"] == "members":
+        lines = ["Each member is calibrated on its own (its model card says how); the "
+                 "ensemble averages the calibrated probabilities. \"Before\" below is the "
+                 "mean of the members' raw softmax."]
+    else:
+        lines = [f"Probabilities are softmax(scores / T) with temperature **T = "
+                 f"{c['temperature']:.3g}**, {how[c['fit']]}."]
     if c.get("ece_before") is not None:
         lines += ["", f"On {c['heldout']} held-out images (ECE: 10 equal-width confidence "
                   "bins; Brier: multi-class):", "",
-                  "| | before (T = 1) | after |", "|---|---:|---:|",
+                  "| | before | after |", "|---|---:|---:|",
                   f"| ECE | {c['ece_before']:.3f} | {c['ece_after']:.3f} |",
                   f"| Brier score | {c['brier_before']:.3f} | {c['brier_after']:.3f} |",
                   "", "![reliability diagram](reliability.png)"]
@@ -64,8 +69,10 @@ def domain_section(d: dict[str, Any] | None) -> list[str]:
     if not d:
         return ["No out-of-domain check was recorded."]
     base = d.get("base")
-    if base is None:
-        lines = [f"Not checked against the base domain: {d.get('note')}."]
+    if base is None and d.get("out_of_domain"):
+        lines = [f"**Out of domain**: {d.get('note')}."]
+    elif base is None:
+        lines = [f"Not checked against the base domain here: {d.get('note')}."]
     else:
         verdict = ("**out of domain**: accuracy may be near the pixel floor; pretrain on "
                    "this domain or adapt with unlabeled images of it" if base["out_of_domain"]
@@ -82,8 +89,33 @@ def domain_section(d: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def model_options(doc: dict[str, Any]) -> str:
+    members = doc.get("metrics", {}).get("members") if doc.get("members") else None
+    if members:
+        return "".join(f" --model {m['base_model']} --method {m['method']}" for m in members)
+    return f" --model {(doc.get('base_model') or {}).get('path')} --method {doc['method']}"
+
+
+def ensemble_section(doc: dict[str, Any]) -> list[str]:
+    lines = [f"The mean of the calibrated probabilities of {len(doc['members'])} adapted "
+             "models, each adapted on the same support images (its own folder and model "
+             "card under `members/`). Scored on the same held-out images:", "",
+             "| member | base model | method | leave-out accuracy | ECE |",
+             "|---|---|---|---:|---:|"]
+    for m in doc.get("metrics", {}).get("members", []):
+        ece = "n/a" if m.get("ece") is None else f"{m['ece']:.3f}"
+        lines.append(f"| `{m['path']}` | `{m['base_model']}` | `{m['method']}` | "
+                     f"{percent(m.get('accuracy'))} | {ece} |")
+    metrics, calibration = doc.get("metrics", {}), doc.get("calibration") or {}
+    if metrics.get("heldout"):
+        ece = calibration.get("ece_after")
+        lines.append(f"| ensemble | | mean | {percent(metrics.get('accuracy'))} | "
+                     + ("n/a" if ece is None else f"{ece:.3f}") + " |")
+    return lines
+
+
 def render_card(doc: dict[str, Any]) -> str:
-    base = doc.get("base_model", {})
+    base = doc.get("base_model") or {}
     support = Counter(item["class"] for item in doc.get("support", []))
     heldout = {name: stat["heldout"]
                for name, stat in doc.get("metrics", {}).get("per_class", {}).items()}
@@ -104,8 +136,9 @@ def render_card(doc: dict[str, Any]) -> str:
         "",
         "## Model",
         "",
-        f"- Base model: `{base.get('path')}` (sha256 `{base.get('sha256')}`), trained on "
-        f"task `{base.get('task')}` with head `{base.get('head')}`.",
+        (f"- Base model: `{base.get('path')}` (sha256 `{base.get('sha256')}`), trained on "
+         f"task `{base.get('task')}` with head `{base.get('head')}`." if base else
+         "- Base models: one per member (see Ensemble)."),
         f"- Encoder `{doc['backbone']}`; method `{doc['method']}`.",
         *(["- Transductive: `fewshot predict` classifies the images of one call jointly, so "
            "a prediction depends on the other images predicted with it (with fewer than two "
@@ -137,6 +170,8 @@ def render_card(doc: dict[str, Any]) -> str:
         lines += ["", f"{len(skipped)} file(s) could not be read and were skipped "
                   "(listed in adapted.json)."]
     lines += ["", "## Metrics", ""] + metrics_section(doc.get("metrics", {}))
+    if doc.get("members"):
+        lines += ["", "## Ensemble", ""] + ensemble_section(doc)
     lines += ["", "## Calibration", ""] + calibration_section(doc.get("calibration"))
     lines += ["", "## Domain", ""] + domain_section(doc.get("domain"))
     lines += [
@@ -156,8 +191,8 @@ def render_card(doc: dict[str, Any]) -> str:
         "",
         "## Reproduce",
         "",
-        f"    fewshot adapt --shots {doc.get('shots')} {doc.get('data', {}).get('folder')} "
-        f"--model {base.get('path')} --method {doc['method']} --seed {doc.get('seed')}"
+        f"    fewshot adapt --shots {doc.get('shots')} {doc.get('data', {}).get('folder')}"
+        + model_options(doc) + f" --seed {doc.get('seed')}"
         + (" --keep-base" if doc.get("keep_base") else "")
         + (" --no-calibrate" if (doc.get("calibration") or {}).get("fit") == "off" else ""),
         "",

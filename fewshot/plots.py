@@ -28,7 +28,8 @@ def _pyplot():
 
 
 def reliability_diagram(bins: dict[str, list[dict[str, Any]]], path: Path,
-                        temperature: float, title: str = "") -> Path:
+                        temperature: float, title: str = "", before: str = "before (T = 1)",
+                        after: str | None = None) -> Path:
     """Accuracy against confidence per bin, before and after temperature scaling, with
     the images per bin underneath: the gap to the diagonal is the miscalibration."""
     from fewshot.data.files import atomic_write
@@ -38,8 +39,8 @@ def reliability_diagram(bins: dict[str, list[dict[str, Any]]], path: Path,
                                       gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
     width = 1 / max(len(bins["before"]), 1)
-    for key, colour, label in (("before", "tab:orange", "before (T = 1)"),
-                               ("after", "tab:blue", f"after (T = {temperature:.3g})")):
+    for key, colour, label in (("before", "tab:orange", before),
+                               ("after", "tab:blue", after or f"after (T = {temperature:.3g})")):
         filled = [b for b in bins[key] if b["count"]]
         top.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled],
                  marker="o", color=colour, label=label)

@@ -86,7 +86,7 @@ def predict_command(adapted_dir: Path, paths: list[Path], out: Path | None, fmt:
         raise UsageError("a class is named 'unknown', the answer of --reject-below",
                          adapted_dir, "rename that class folder and adapt again")
     records = model.predict(paths, top_k=top_k, reject_below=reject_below, quiet=quiet)
-    if model.head.transductive and not quiet:
+    if model.transductive and not quiet:
         print(f"note: {model.method} is transductive: the {len(records)} images were "
               "classified jointly, so each prediction depends on the others", file=sys.stderr)
     text = render(records, model.classes, fmt, top_k or 0)

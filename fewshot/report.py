@@ -24,7 +24,15 @@ def results_table(result: dict[str, Any]):
     for column in ("model", "head", "protocol", "episodes", "accuracy %", "macro-F1 %",
                    "balanced acc %", "AUROC %", "Δ acc vs first"):
         table.add_column(column, justify="left" if column in ("model", "head") else "right")
-    diffs = {p["other"]: p for p in result["paired"]}
+    first = result["results"][0]
+    reference = f"{first['model']} + {first['head']}"
+    diffs = {p["other"]: p for p in result["paired"] if p["reference"] == reference}
+    others = [p for p in result["paired"] if p["reference"] != reference]
+    if others:  # the ensemble against each pair it averages
+        table.caption = "; ".join(
+            f"{p['other'].split(' + ', 1)[0]} vs {p['reference']}: "
+            f"{100 * p['accuracy_difference']['mean']:+.2f} ± "
+            f"{100 * p['accuracy_difference']['ci95']:.2f}" for p in others)
 
     def pct(entry: dict[str, float]) -> str:
         return f"{100 * entry['mean']:.2f} ± {100 * entry['ci95']:.2f}"

@@ -101,12 +101,14 @@ class Calibration(Document):
     """How the adapted head's probabilities were calibrated: softmax(logits / temperature).
 
     `fit`: `k-fold` (out-of-fold support logits, `folds` folds), `uncalibrated`
-    (T = 1: one shot a class leaves nothing to fold), or `off` (`--no-calibrate`).
+    (T = 1: one shot a class leaves nothing to fold), `off` (`--no-calibrate`), or
+    `members` (an ensemble: each member calibrated on its own, probabilities averaged;
+    "before" is then the mean of the members' raw softmax).
     ECE (10 equal-width bins) and Brier score before and after, on the held-out images
     when there are any (`None` otherwise)."""
 
     temperature: float = Field(gt=0)
-    fit: Literal["k-fold", "k-fold-proxy", "uncalibrated", "off"]
+    fit: Literal["k-fold", "k-fold-proxy", "uncalibrated", "off", "members"]
     folds: int | None = None
     proxy: str | None = None
     """For `k-fold-proxy`: the feature-based head whose folds stand in for a head that

@@ -253,3 +253,85 @@ def test_blood_v1_warns_for_drawings_and_not_for_blood_cells(tmp_path) -> None:
     assert flagged == {Path(p).name for p in support} and len(flagged) == 5
     assert min(float(r["ood_score"]) for r in stripes) > np.median(
         [float(r["ood_score"]) for r in monocytes if r["in_support"] == "false"])
+
+
+# ------------------------------------------------------------------ ensembles
+
+
+def test_an_ensemble_averages_calibrated_members_and_reloads(tiny_run, tmp_path) -> None:
+    folder = new_classes(tmp_path / "new", 8)
+    other = write_run(tmp_path / "other-run", head="simpleshot")
+    out = tmp_path / "ensemble"
+    done = run_cli("adapt", "--shots", "4", str(folder), "--model", str(tiny_run),
+                   "--model", str(other.path), "--method", "protonet", "--method",
+                   "linear-probe", "--out", str(out), "--no-wandb", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "ensemble of 2 adapted models" in done.stdout
+    doc = json.loads((out / "adapted.json").read_text())
+    assert doc["members"] == ["members/0", "members/1"] and doc["method"] == "ensemble"
+    assert isinstance(doc["metrics"]["heldout"], int) and doc["metrics"]["heldout"] == 12
+    assert [m["method"] for m in doc["metrics"]["members"]] == ["protonet", "linear-probe"]
+    assert doc["calibration"]["fit"] == "members" and doc["calibration"]["ece_after"] >= 0
+    for i in (0, 1):
+        member = json.loads((out / "members" / str(i) / "adapted.json").read_text())
+        assert member["calibration"]["fit"] == "k-fold"
+        assert member["support"] == doc["support"]  # the same support images
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Ensemble" in card and "members/1" in card and "linear-probe" in card
+
+    ensemble = Adapted.load(out)
+    members = [Adapted.load(out / "members" / str(i)) for i in (0, 1)]
+    images = torch.randint(0, 256, (5, 3, SIZE, SIZE), dtype=torch.uint8)
+    expected = (members[0].probabilities(images) + members[1].probabilities(images)) / 2
+    assert torch.allclose(ensemble.probabilities(images), expected, atol=1e-6)
+    assert not torch.allclose(expected, members[0].probabilities(images), atol=1e-3)
+
+    predicted = run_cli("predict", str(out), str(folder / "alpha"), "--format", "json",
+                        cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    rows = json.loads(predicted.stdout)
+    assert len(rows) == 8 and sum(r["in_support"] for r in rows) == 4
+    assert all(abs(sum(r[f"p_{c}"] for c in ("alpha", "beta", "gamma")) - 1) < 1e-5
+               for r in rows)
+
+
+def test_ensemble_members_must_pair_up_and_agree(tiny_run, tmp_path) -> None:
+    folder = new_classes(tmp_path / "new", 5)
+    done = run_cli("adapt", "--shots", "3", str(folder), "--model", str(tiny_run), "--model",
+                   str(tiny_run), "--model", str(tiny_run), "--method", "protonet",
+                   "--method", "simpleshot", "--no-wandb", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "--method do not pair up" in done.stderr
+    member = BaseModel(tiny_run).adapt(folder, shots=3, method="protonet")
+    from fewshot.adapted import Ensemble
+    from fewshot.errors import UsageError
+
+    with pytest.raises(UsageError, match="at least two"):
+        Ensemble([member])
+
+
+def test_evaluate_ensemble_row_is_the_mean_of_the_pairs(tmp_path) -> None:
+    from conftest import write_tiny_task
+    from fewshot.evaluate import evaluate
+
+    task = write_tiny_task(tmp_path)
+    run = write_run(tmp_path / "run")
+    result = evaluate([str(run.path), "pixels"], ["protonet", "simpleshot"], task, ways=2,
+                      shots=2, queries=3, episodes=12, device="cpu", ensemble=True,
+                      quiet=True)
+    rows = result["results"]
+    assert [r["model"] for r in rows] == [str(run.path), "pixels", "ensemble"]
+    assert rows[2]["episodes"] == 12 and rows[2]["protocol"] == "inductive"
+    assert rows[2]["head"].startswith("mean(")
+    pairs = [(p["reference"], p["other"]) for p in result["paired"]]
+    ensemble_label = f"ensemble + {rows[2]['head']}"
+    assert (f"{run.path} + protonet", ensemble_label) in pairs
+    assert ("pixels + simpleshot", ensemble_label) in pairs
+    # a pair averaged with itself answers exactly as the pair does
+    twice = evaluate([str(run.path)], ["protonet", "protonet"], task, ways=2, shots=2,
+                     queries=3, episodes=12, device="cpu", ensemble=True, quiet=True)
+    assert twice["results"][2]["per_episode_accuracy"] == \
+        twice["results"][0]["per_episode_accuracy"] == rows[0]["per_episode_accuracy"]
+    with pytest.raises(Exception, match="at least two"):
+        evaluate([str(run.path)], ["protonet"], task, ways=2, shots=2, queries=3, episodes=2,
+                 device="cpu", ensemble=True, quiet=True)
