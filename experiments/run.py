@@ -2,6 +2,8 @@
 
     python experiments/run.py --tier cpu [--only GROUP ...] [--episodes 600] [--no-train]
 
+`--only` scores those groups and keeps every other group's rows from RESULTS.json.
+
 Row groups come from the registry in experiments/rows/ (one module per group of rows).
 Training stages are cached under experiments/runs/<stage>/ (git-ignored): a finished
 stage is reused by every row, an interrupted one is resumed, so a tier can run in several
@@ -77,6 +79,15 @@ def model_spec(pair: Pair, stages: dict[str, Stage]) -> str:
 
 def command_of(task: str, pair: Pair, stages: dict[str, Stage], shots: int,
                episodes: int, query_imbalance: float | None) -> str:
+    if pair.members:
+        def where(m: Pair) -> str:
+            return m.model if m.model not in stages else f"experiments/runs/{m.model}"
+
+        models = " ".join(f"--model {where(m)} --head {m.head}" for m in pair.members)
+        parts = [f"fewshot evaluate {models} --ensemble --task {task}",
+                 f"--ways {WAYS} --shots {shots} --queries {QUERIES} --episodes {episodes}",
+                 f"--seed {SEED}"]
+        return " ".join(parts)
     model = pair.model if pair.model not in stages else f"experiments/runs/{pair.model}"
     parts = [f"fewshot evaluate --model {model} --head {pair.head} --task {task}",
              f"--ways {WAYS} --shots {shots} --queries {QUERIES} --episodes {episodes}",
@@ -106,18 +117,23 @@ def score(task: str, pairs: list[Pair], stages: dict[str, Stage], shots: int,
     rows = []
     for pair in pairs:  # one call a pair: same episodes, its own wall time
         model, count = model_spec(pair, stages), min(pair.episodes or episodes, episodes)
-        key = hashlib.sha256(json.dumps([task, shots, episodes, query_imbalance, model,
-                                         fingerprint(model), pair.head, count]
-                                        ).encode()).hexdigest()[:16]
+        members = [model_spec(m, stages) for m in pair.members]
+        identity = [task, shots, episodes, query_imbalance, model, fingerprint(model),
+                    pair.head, count]
+        if members:
+            identity += [[m, fingerprint(m), p.head] for m, p in zip(members, pair.members,
+                                                                      strict=True)]
+        key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
         cached = RUNS / "eval" / f"{key}.json"
         if cached.is_file():
             rows.append(json.loads(cached.read_text()))
             continue
         started = time.monotonic()
-        result = evaluate([model], [pair.head], task, ways=WAYS, shots=shots, queries=QUERIES,
-                          episodes=count, seed=SEED, device="cpu", slow_episodes=count,
-                          cache=cache, query_imbalance=query_imbalance)
-        row = result["results"][0]
+        result = evaluate(members or [model], [m.head for m in pair.members] or [pair.head],
+                          task, ways=WAYS, shots=shots, queries=QUERIES, episodes=count,
+                          seed=SEED, device="cpu", slow_episodes=count, cache=cache,
+                          query_imbalance=query_imbalance, ensemble=bool(members))
+        row = result["results"][-1]
         row["wall_s"] = round(time.monotonic() - started, 1)
         row["load_average"] = [round(x, 2) for x in os.getloadavg()]
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +168,16 @@ def score_rows(task: str, name: str, pairs: list[tuple[Group, Pair]],
             diff = accuracy_difference(scored[labels.index(reference)]["per_episode_accuracy"],
                                        result["per_episode_accuracy"])
             stage = stages.get(pair.model)
+            against_members = []
+            for member in pair.members:
+                label = member.label or f"{member.model} + {member.head}"
+                if label not in labels:
+                    raise SystemExit(f"group {group.name}: ensemble member '{label}' has no "
+                                     "row of its own")
+                d = accuracy_difference(scored[labels.index(label)]["per_episode_accuracy"],
+                                        result["per_episode_accuracy"])
+                against_members.append({"reference": label, "episodes": d["episodes"],
+                                        "mean": d["mean"], "ci95": d["ci95"]})
             rows.append({
                 "group": group.name, "label": pair.label or f"{pair.model} + {pair.head}",
                 "task": name, "ways": WAYS, "shots": shots, "queries": QUERIES,
@@ -161,6 +187,7 @@ def score_rows(task: str, name: str, pairs: list[tuple[Group, Pair]],
                 **{k: result[k] for k in ("accuracy", "macro_f1", "auroc")},
                 "paired": {"reference": reference, "episodes": diff["episodes"],
                            "mean": diff["mean"], "ci95": diff["ci95"]},
+                **({"paired_members": against_members} if against_members else {}),
                 "seeds": {"episodes": SEED, "training": [0] if stage else []},
                 "command": command_of(task, pair, stages, shots, result["episodes"],
                                       imbalance),
@@ -177,7 +204,12 @@ def main() -> None:
                         help="score only what is trained; list the rest as not run")
     args = parser.parse_args()
 
-    groups = [g for g in load_groups() if g.tier == args.tier
+    registered = load_groups()
+    known = {g.name for g in registered}
+    unknown = sorted(set(args.only or []) - known)
+    if unknown:
+        raise SystemExit(f"unknown row group(s) {unknown}; registered: {sorted(known)}")
+    groups = [g for g in registered if g.tier == args.tier
               and (args.only is None or g.name in args.only)]
     rows, missing = [], []
     by_task: dict[str, list[Group]] = {}
@@ -205,7 +237,18 @@ def main() -> None:
             if episode_set:
                 rows += score_rows(task, loaded.name, episode_set, stages, args.episodes,
                                    cache, imbalance)
+    if args.only is not None:  # the other groups keep their rows from the last full run
+        kept = [r for r in previous_rows(args.tier) if r["group"] not in set(args.only)]
+        rows = kept + rows
     write(rows, missing, args)
+
+
+def previous_rows(tier: str) -> list[dict]:
+    path = ROOT / "experiments" / "RESULTS.json"
+    if not path.is_file():
+        return []
+    stored = json.loads(path.read_text())
+    return stored["rows"] if stored.get("tier") == tier else []
 
 
 def pct(entry: dict) -> str:
@@ -244,6 +287,13 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
                          f"{vs} | {r['protocol']} | {c['training_min'] or '-'} | "
                          f"{c['evaluation_s']:.0f} | {c['load_average'][0]} |")
         lines.append("")
+        for r in rows:
+            if r["task"] == task and r.get("paired_members"):
+                lines.append(f"- {r['label']} ({r['shots']}-shot) against each member: "
+                             + "; ".join(f"{100 * p['mean']:+.1f} ± {100 * p['ci95']:.1f} vs "
+                                         f"{p['reference']}" for p in r["paired_members"]))
+        if any(r["task"] == task and r.get("paired_members") for r in rows):
+            lines.append("")
     if missing:
         lines += ["Not run (their training stages are not in experiments/runs/): "
                   + ", ".join(missing), ""]

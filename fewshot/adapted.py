@@ -27,7 +27,7 @@ from fewshot.methods import FewShotHead
 from fewshot.schema import ADAPTED_JSON, AdaptedMeta, Preprocessing
 
 WEIGHTS, META, CARD = "adapted.safetensors", ADAPTED_JSON, "MODEL_CARD.md"
-RELIABILITY = "reliability.png"
+RELIABILITY, CONFUSION, PER_CLASS = "reliability.png", "confusion.png", "per_class.png"
 
 
 SUPPORT_FEATURES = "domain.support_features"
@@ -129,6 +129,27 @@ def check_weights(doc: AdaptedMeta, weights: Path) -> None:
         if count != len(doc.classes):
             raise DataError(f"adapted.json names {len(doc.classes)} classes but the weights "
                             f"have {count} ('{key}')", weights.parent, fix)
+
+
+def draw_metrics(metrics: dict[str, Any], out: Path, method: str) -> None:
+    """confusion.png and per_class.png from the held-out scores, when matplotlib is
+    installed (otherwise one line says they were skipped)."""
+    import sys
+
+    from fewshot import plots
+
+    if not metrics.get("heldout"):
+        return
+    if not plots.available():
+        print(f"note: skipped confusion.png and per_class.png: matplotlib is not installed "
+              f"({plots.INSTALL_HINT})", file=sys.stderr)
+        return
+    if metrics.get("confusion"):
+        plots.confusion_matrix(metrics["confusion"], out / CONFUSION,
+                               f"{method}: held-out confusion")
+    if metrics.get("per_class"):
+        plots.per_class_sensitivity(metrics["per_class"], out / PER_CLASS,
+                                    f"{method}: sensitivity on held-out images")
 
 
 class Predictor:
@@ -331,6 +352,7 @@ class Adapted(Predictor):
         save_tensors(out / WEIGHTS, tensors, {"format": "fewshot-adapted"})
         doc.weights_sha256 = sha256_file(out / WEIGHTS)
         self.draw_reliability(out)
+        draw_metrics(self.metrics, out, self.method)
         card = render_card(doc.as_json())
         atomic_write(out / CARD, lambda tmp: tmp.write_text(card, encoding="utf-8"))
         doc.write(out / META)
@@ -484,6 +506,7 @@ class Ensemble(Predictor):
         for i, member in enumerate(self.members):
             member.save(out / "members" / str(i))
         doc = self.document()
+        draw_metrics(self.metrics, out, "ensemble")
         bins = (self.calibration or {}).get("reliability")
         if bins:
             from fewshot import plots

@@ -336,6 +336,9 @@ def evaluate_cmd(
     ensemble: Annotated[bool, _opt("--ensemble", help="Add a row scoring the mean of the "
                                    "pairs' softmax probabilities, paired against each.")
                         ] = False,
+    plot: Annotated[Path | None, _opt("--plot", metavar="FILE", help="Draw accuracy with CIs "
+                                      "and the paired differences into a PNG (needs "
+                                      "matplotlib: fewshot[plots]).")] = None,
     data_root: DataRootOpt = None, device: DeviceOpt = None, wandb: WandbOpt = None,
     wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
     run_name: RunNameOpt = None, log_model: LogModelOpt = False, quiet: Quiet = False,
@@ -349,10 +352,15 @@ def evaluate_cmd(
     --model runs/latest"""
     import json
 
+    from fewshot import plots
     from fewshot.config import Config, load_config
     from fewshot.evaluate import evaluate
     from fewshot.report import log_results, results_table, sensitivity_table
 
+    if plot is not None and not plots.available():
+        raise UsageError("--plot needs matplotlib", "--plot", f"{plots.INSTALL_HINT}")
+    if plot is not None and plot.is_dir():
+        raise UsageError("--plot names a folder", plot, "pass a file name, e.g. accuracy.png")
     cfg = load_config(config) if config is not None else Config()
     if task is None:
         if config is None:
@@ -376,6 +384,9 @@ def evaluate_cmd(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if plot is not None:
+        plots.evaluation(result, plot)
+        print(f"plot written to {plot}")
 
 
 @app.command("adapt")
@@ -547,6 +558,45 @@ def export_cmd(
 
     path = export_command(adapted, fmt.value, out)
     screen.print(f"exported model written to {path}", markup=False)
+
+
+@app.command("explain")
+def explain_cmd(
+    adapted: Annotated[Path, typer.Argument(metavar="ADAPTED_DIR",
+                                            help="Folder written by fewshot adapt.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="Image files or "
+                                                 "folders (read recursively).")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the PNGs.")],
+) -> None:
+    """Where the model looked: for each image a PNG with the image, its saliency for the
+    predicted class (Grad-CAM on the encoder's last convolutional stage; gradient x input
+    without one) and the top probabilities, and contact_sheet.png of all of them.
+
+    Example: fewshot explain adapted/new_disease cells/ --out explained/"""
+    from fewshot.adapted import Adapted
+    from fewshot.data.files import expand_paths
+    from fewshot.explain import explain
+
+    model = Adapted.load(adapted)
+    written = explain(model, expand_paths(list(images)), out)
+    screen.print(f"{len(written)} explained image(s) and contact_sheet.png written to {out}",
+                 markup=False)
+
+
+@app.command("verify")
+def verify_cmd(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Run directory, adapted "
+                                          "folder or shipped model name (blood-v1).")],
+    image_a: Annotated[Path, typer.Argument(metavar="IMAGE_A")],
+    image_b: Annotated[Path, typer.Argument(metavar="IMAGE_B")],
+) -> None:
+    """Is IMAGE_A the same finding as IMAGE_B? Prints one line: the cosine similarity of
+    their encoder features, in [-1, 1] (a ranking of pairs, not a probability).
+
+    Example: fewshot verify blood-v1 cell_a.png cell_b.png"""
+    from fewshot.verify import similarity
+
+    screen.print(f"similarity: {similarity(model, image_a, image_b):.2f}", markup=False)
 
 
 def _click_error(exc: BaseException) -> int | None:

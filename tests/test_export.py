@@ -17,7 +17,7 @@ import torch
 
 from conftest import CHECKOUT, make_folder, run_cli
 from fewshot.adapt import BaseModel
-from fewshot.adapted import Adapted
+from fewshot.adapted import Adapted, Ensemble
 from fewshot.data.files import expand_paths, load_many
 from fewshot.data.images import IMAGENET_MEAN, IMAGENET_STD
 from fewshot.errors import UsageError
@@ -214,15 +214,6 @@ def test_the_temperature_is_in_the_graph(adapted_dirs, new_classes, tmp_path):
 
 # ------------------------------------------------------------------ ensembles
 
-class Ensemble:
-    """An ensemble as the adapt command builds one: members sharing classes and size."""
-
-    def __init__(self, members: list[Adapted]) -> None:
-        self.members = members
-        self.classes = members[0].classes
-        self.image_size = members[0].image_size
-        self.transductive = False
-
 
 def test_an_ensemble_averages_its_members(adapted_dirs, new_classes, tmp_path):
     members = [Adapted.load(adapted_dirs(m)) for m in ("protonet", "maml", "linear-probe")]
@@ -351,3 +342,23 @@ def test_the_readme_deployment_example_runs_without_torch(adapted_dirs, new_clas
                           np.array([expected["probabilities"][c] for c in ("alpha", "beta",
                                                                             "gamma")])) < TOL
     assert printed.split()[0] == expected["prediction"]
+
+
+# ------------------------------------------------------------------ the shipped model
+
+
+def test_blood_v1_adapted_on_real_cells_exports_to_predicts_numbers(tmp_path):
+    """ResNet-18 at 64 px, adapted on the shipped sample's blood cells: the ONNX file
+    answers as `fewshot predict` does on the real image files."""
+    sample = tmp_path / "sample"
+    assert run_cli("data", "sample", str(sample), cwd=tmp_path).returncode == 0
+    out = tmp_path / "adapted"
+    adapted = BaseModel("blood-v1").adapt(sample, shots=5, method="linear-probe", out=out)
+    assert adapted.calibration["fit"] == "k-fold"  # a fitted temperature goes into the graph
+    model = Adapted.load(out)
+    path = export(model, "onnx", tmp_path / "blood.onnx")
+    files = files_of(sample / "monocyte")[:12] + files_of(sample / "basophil")[:4]
+    images = np.stack(load_many(files, 64)).astype(np.float32)
+    records = model.predict(files)
+    table = np.array([[r["probabilities"][c] for c in model.classes] for r in records])
+    assert max_difference(run_onnx(path, images), table.astype(np.float32)) < TOL

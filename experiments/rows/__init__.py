@@ -32,6 +32,9 @@ class Pair:
     label: str = ""
     episodes: int | None = None
     """Fewer episodes than the tier's (heads that re-run the encoder); None: all."""
+    members: list[Pair] = field(default_factory=list)
+    """An ensemble row (`fewshot evaluate --ensemble`): the mean of these pairs'
+    probabilities, paired against the reference and against each member's own row."""
 
 
 @dataclass

@@ -210,6 +210,23 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps: int)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
+def draw_curves(run: RunDir, title: str, quiet: bool) -> None:
+    """curves.png in the run folder, from its metrics.jsonl, when matplotlib is there."""
+    import json
+
+    from fewshot import plots
+
+    if not plots.available():
+        if not quiet:
+            console.print(f"note: skipped curves.png: matplotlib is not installed "
+                          f"({plots.INSTALL_HINT})")
+        return
+    path = run.path / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+               if line.strip()] if path.is_file() else []
+    plots.training_curves(records, run.path / "curves.png", "training step", title)
+
+
 def base_prototypes(encoder: nn.Module, images: Tensor, data: SplitData, transform,
                     device: torch.device, per_class: int) -> Prototypes:
     """Per-class mean features of the base classes (at most `per_class` images a class,
@@ -362,6 +379,7 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
     stage.load_best(run.load_weights())  # the best model describes the run
     stage.write_prototypes(run)
     run.write_meta(stage.model_meta(state))
+    draw_curves(run, f"{stage.kind}: {run.path.name}", quiet)
     tracker.summary({"val/best_acc": state.best_acc if stage.has_validation() else None,
                      f"best_{stage.unit}": state.best_at})
     if log_model:
