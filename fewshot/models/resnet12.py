@@ -8,7 +8,6 @@ feature is 640-d at any image size. DropBlock (torchvision's) is optional.
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.ops import DropBlock2d
 
 from fewshot.models.registry import Backbone, register_backbone
 
@@ -28,7 +27,13 @@ class ResBlock(nn.Module):
         self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
                                       nn.BatchNorm2d(out_channels))
         self.out = nn.Sequential(nn.LeakyReLU(0.1, inplace=True), nn.MaxPool2d(2))
-        self.drop = DropBlock2d(drop_block, block_size) if drop_block > 0 else nn.Identity()
+        if drop_block > 0:
+            from torchvision.ops import DropBlock2d  # only then: importing torchvision
+            # costs a command about 3 s on a 2-core CPU
+
+            self.drop: nn.Module = DropBlock2d(drop_block, block_size)
+        else:
+            self.drop = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.out(self.body(x) + self.shortcut(x)))

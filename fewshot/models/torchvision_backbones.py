@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torchvision
 from torch import nn
 
 from fewshot.errors import UsageError
@@ -46,6 +45,8 @@ def _build(name: str, image_size: int, in_channels: int, maxpool: bool = True,
     if name == "inception_v3":
         kwargs.setdefault("aux_logits", False)
         kwargs.setdefault("init_weights", True)
+    import torchvision  # here, not at import: it costs a command about 3 s on a 2-core CPU
+
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     if not maxpool:
         if not hasattr(model, "maxpool"):
