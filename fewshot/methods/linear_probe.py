@@ -49,11 +49,12 @@ class LinearProbe(FewShotHead):
         self.linear: nn.Linear | None = None
 
     def embed(self, images: Tensor) -> Tensor:
-        with torch.no_grad():
-            return transform_features(self.encoder(images), self.power, self.base_mean)
+        return transform_features(self.encoder(images), self.power, self.base_mean)
 
     def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
-        self.linear = train_linear(self.embed(support), support_labels, self.steps, self.lr,
+        with torch.no_grad():  # the encoder stays frozen: no graph through it
+            features = self.embed(support)
+        self.linear = train_linear(features, support_labels, self.steps, self.lr,
                                    self.temperature)
 
     def forward(self, query: Tensor) -> Tensor:
