@@ -152,6 +152,18 @@ def draw_metrics(metrics: dict[str, Any], out: Path, method: str) -> None:
                                     f"{method}: sensitivity on held-out images")
 
 
+def writable_folder(out: str | Path) -> Path:
+    """`out` as a folder an adapted model may be written to: new, empty, or an adapted
+    model's (which it replaces); anything else is refused before a file is written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError("output path is a file", out, "pass a folder to --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / META).is_file():
+        raise UsageError("output folder exists and is not an adapted model", out,
+                         "choose another --out, or empty the folder")
+    return out
+
+
 class Predictor:
     """What `fewshot predict` needs of a model, a single adapted one or an ensemble:
     `classes`, `image_size`, `transductive`, `score(images)` and `support_hashes()`."""
@@ -337,12 +349,7 @@ class Adapted(Predictor):
         from fewshot.data.files import atomic_write, save_tensors, sha256_file
         from fewshot.model_card import render_card
 
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise UsageError("output path is a file", out, "pass a folder to --out")
-        if out.is_dir() and any(out.iterdir()) and not (out / META).is_file():
-            raise UsageError("output folder exists and is not an adapted model", out,
-                             "choose another --out, or empty the folder")
+        out = writable_folder(out)
         doc = self.document()
         # One metadata key: safetensors writes a metadata map in no fixed order, and the
         # same inputs must give byte-identical weights.
@@ -496,12 +503,7 @@ class Ensemble(Predictor):
         from fewshot.data.files import atomic_write
         from fewshot.model_card import render_card
 
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise UsageError("output path is a file", out, "pass a folder to --out")
-        if out.is_dir() and any(out.iterdir()) and not (out / META).is_file():
-            raise UsageError("output folder exists and is not an adapted model", out,
-                             "choose another --out, or empty the folder")
+        out = writable_folder(out)
         (out / META).unlink(missing_ok=True)  # incomplete until written again, last
         for i, member in enumerate(self.members):
             member.save(out / "members" / str(i))

@@ -54,6 +54,20 @@ def write_run(path: Path, kind: str = "meta-train", head: str = "protonet") -> R
     return run
 
 
+def write_pixels_run(path: Path) -> RunDir:
+    """A pretrain run directory of the parameter-free `pixels` encoder (SimpleShot)."""
+    encoder = build_backbone("pixels", image_size=SIZE)
+    run = RunDir(path)
+    run.path.mkdir()
+    run.save_model(build_head("simpleshot", encoder).state_dict(), ModelMeta(**{
+        "kind": "pretrain", "task": "synthetic", "backbone": "pixels", "backbone_args": {},
+        "image_size": SIZE, "normalization": {"mean": list(IMAGENET_MEAN),
+                                              "std": list(IMAGENET_STD)},
+        "feature_dim": encoder.feature_dim, "head": "simpleshot", "head_options": {},
+        "classes": {"base": [], "val": [], "novel": []}, "metrics": {}}))
+    return run
+
+
 def base_folder(root: Path, count: int, seed: int) -> Path:
     """Images of the two base classes, tinted with make_folder's 4th and 5th colours so
     that they differ from the new classes (its 1st to 3rd)."""
@@ -308,15 +322,7 @@ def test_maml_family_head_adapts_saves_and_reloads(tmp_path, new_disease):
 
 def test_a_parameter_free_encoder_adapts_and_predicts(tmp_path):
     """`pixels` has no parameters: prediction finds its device from the head's buffers."""
-    encoder = build_backbone("pixels", image_size=SIZE)
-    run = RunDir(tmp_path / "run")
-    run.path.mkdir()
-    run.save_model(build_head("simpleshot", encoder).state_dict(), ModelMeta(**{
-        "kind": "pretrain", "task": "synthetic", "backbone": "pixels", "backbone_args": {},
-        "image_size": SIZE, "normalization": {"mean": list(IMAGENET_MEAN),
-                                              "std": list(IMAGENET_STD)},
-        "feature_dim": encoder.feature_dim, "head": "simpleshot", "head_options": {},
-        "classes": {"base": [], "val": [], "novel": []}, "metrics": {}}))
+    run = write_pixels_run(tmp_path / "run")
     folder = make_folder(tmp_path / "new", {"a": 6, "b": 6}, size=SIZE)
     records = BaseModel(run.path).adapt(folder, shots=3).predict([folder])
     assert len(records) == 12 and all(r["error"] is None for r in records)

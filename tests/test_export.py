@@ -347,17 +347,29 @@ def test_the_readme_deployment_example_runs_without_torch(adapted_dirs, new_clas
 # ------------------------------------------------------------------ the shipped model
 
 
-def test_blood_v1_adapted_on_real_cells_exports_to_predicts_numbers(tmp_path):
+@pytest.fixture(scope="module")
+def sample_cells(tmp_path_factory) -> Path:
+    sample = tmp_path_factory.mktemp("cells") / "sample"
+    assert run_cli("data", "sample", str(sample), cwd=sample.parent).returncode == 0
+    return sample
+
+
+@pytest.mark.parametrize("method", [
+    "linear-probe",
+    *(pytest.param(m, marks=pytest.mark.slow) for m in INDUCTIVE if m != "linear-probe")])
+def test_blood_v1_adapted_on_real_cells_exports_to_predicts_numbers(method, sample_cells,
+                                                                     tmp_path):
     """ResNet-18 at 64 px, adapted on the shipped sample's blood cells: the ONNX file
-    answers as `fewshot predict` does on the real image files."""
-    sample = tmp_path / "sample"
-    assert run_cli("data", "sample", str(sample), cwd=tmp_path).returncode == 0
+    answers as `fewshot predict` does on the real image files, for every inductive head
+    (linear-probe in CI; the others with -m slow, about 30 s each)."""
     out = tmp_path / "adapted"
-    adapted = BaseModel("blood-v1").adapt(sample, shots=5, method="linear-probe", out=out)
-    assert adapted.calibration["fit"] == "k-fold"  # a fitted temperature goes into the graph
+    spec = {"finetune": "finetune:steps=5"}.get(method, method)
+    adapted = BaseModel("blood-v1").adapt(sample_cells, shots=5, method=spec, out=out,
+                                          score=False)
+    assert adapted.calibration["fit"] in ("k-fold", "k-fold-proxy")  # T is in the graph
     model = Adapted.load(out)
     path = export(model, "onnx", tmp_path / "blood.onnx")
-    files = files_of(sample / "monocyte")[:12] + files_of(sample / "basophil")[:4]
+    files = files_of(sample_cells / "monocyte")[:12] + files_of(sample_cells / "basophil")[:4]
     images = np.stack(load_many(files, 64)).astype(np.float32)
     records = model.predict(files)
     table = np.array([[r["probabilities"][c] for c in model.classes] for r in records])

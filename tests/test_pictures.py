@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_adapt import SIZE, write_run
+from test_adapt import SIZE, write_pixels_run, write_run
 
 from conftest import make_folder, run_cli, write_tiny_task
 from fewshot.adapt import BaseModel
@@ -162,15 +162,7 @@ def test_explain_command_writes_one_png_per_image_and_a_contact_sheet(spot_model
 
 
 def test_a_pixels_encoder_gets_gradient_times_input(tmp_path) -> None:
-    encoder = build_backbone("pixels", image_size=SIZE)
-    run = RunDir(tmp_path / "run")
-    run.path.mkdir()
-    run.save_model(build_head("simpleshot", encoder).state_dict(), ModelMeta(**{
-        "kind": "pretrain", "task": "synthetic", "backbone": "pixels", "backbone_args": {},
-        "image_size": SIZE, "normalization": {"mean": list(IMAGENET_MEAN),
-                                              "std": list(IMAGENET_STD)},
-        "feature_dim": encoder.feature_dim, "head": "simpleshot", "head_options": {},
-        "classes": {"base": [], "val": [], "novel": []}, "metrics": {}}))
+    run = write_pixels_run(tmp_path / "run")
     folder = make_folder(tmp_path / "new", {"a": 4, "b": 4}, size=SIZE, seed=2)
     model = BaseModel(run.path).adapt(folder, shots=3, method="simpleshot")
     images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
