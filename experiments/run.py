@@ -77,7 +77,7 @@ def model_spec(pair: Pair, stages: dict[str, Stage]) -> str:
     return str(stage_dir(stages[pair.model])) if pair.model in stages else pair.model
 
 
-def command_of(task: str, pair: Pair, stages: dict[str, Stage], shots: int,
+def command_of(task: str, pair: Pair, stages: dict[str, Stage], shots: int | str,
                episodes: int, query_imbalance: float | None) -> str:
     if pair.members:
         def where(m: Pair) -> str:
@@ -110,12 +110,19 @@ def fingerprint(model: str) -> str | None:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def score(task: str, pairs: list[Pair], stages: dict[str, Stage], shots: int,
+def own_stages(group: Group) -> dict[str, Stage]:
+    """The stages a group trains: a pair's model names one of them, else a shipped model,
+    `pixels` or `random:...` (another group's stage of the same name is not this one's)."""
+    return {stage.name: stage for stage in group.stages}
+
+
+def score(task: str, chosen: list[tuple[Group, Pair]], shots: int | str,
           episodes: int, cache: Models, query_imbalance: float | None) -> list[dict]:
     """Result rows (evaluate's, plus wall seconds) of every pair, each cached on disk (a new
     row scores only itself; the episodes are the same seeded ones for all)."""
     rows = []
-    for pair in pairs:  # one call a pair: same episodes, its own wall time
+    for group, pair in chosen:  # one call a pair: same episodes, its own wall time
+        stages = own_stages(group)
         model, count = model_spec(pair, stages), min(pair.episodes or episodes, episodes)
         members = [model_spec(m, stages) for m in pair.members]
         identity = [task, shots, episodes, query_imbalance, model, fingerprint(model),
@@ -151,15 +158,19 @@ def compute(result: dict, stage: Stage | None) -> dict:
             or [round(x, 2) for x in os.getloadavg()]}
 
 
-def score_rows(task: str, name: str, pairs: list[tuple[Group, Pair]],
-               stages: dict[str, Stage], episodes: int, cache: Models,
-               imbalance: float | None) -> list[dict]:
+def shots_order(shots: int | str) -> tuple[int, str]:
+    """Equal shots by K, then unequal ones (`1-5`, `1,2,3,4,5`) after them."""
+    return (shots, "") if isinstance(shots, int) else (10**6, str(shots))
+
+
+def score_rows(task: str, name: str, pairs: list[tuple[Group, Pair]], episodes: int,
+               cache: Models, imbalance: float | None) -> list[dict]:
     """RESULTS rows of pairs that share one episode set, each with its paired difference
     against its group's reference (default: the first row of the set)."""
     rows = []
-    for shots in sorted({s for g, _ in pairs for s in g.shots}):
+    for shots in sorted({s for g, _ in pairs for s in g.shots}, key=shots_order):
         chosen = [(g, p) for g, p in pairs if shots in g.shots]
-        scored = score(task, [p for _, p in chosen], stages, shots, episodes, cache, imbalance)
+        scored = score(task, chosen, shots, episodes, cache, imbalance)
         labels = [p.label or f"{p.model} + {p.head}" for _, p in chosen]
         for (group, pair), result in zip(chosen, scored, strict=True):
             reference = group.reference or labels[0]
@@ -167,6 +178,7 @@ def score_rows(task: str, name: str, pairs: list[tuple[Group, Pair]],
                 raise SystemExit(f"group {group.name}: no row '{reference}' to pair with")
             diff = accuracy_difference(scored[labels.index(reference)]["per_episode_accuracy"],
                                        result["per_episode_accuracy"])
+            stages = own_stages(group)
             stage = stages.get(pair.model)
             against_members = []
             for member in pair.members:
@@ -235,8 +247,8 @@ def main() -> None:
         for imbalance in dict.fromkeys(g.query_imbalance for g in task_groups):
             episode_set = [(g, p) for g, p in pairs if g.query_imbalance == imbalance]
             if episode_set:
-                rows += score_rows(task, loaded.name, episode_set, stages, args.episodes,
-                                   cache, imbalance)
+                rows += score_rows(task, loaded.name, episode_set, args.episodes, cache,
+                                   imbalance)
     if args.only is not None:  # the other groups keep their rows from the last full run
         kept = [r for r in previous_rows(args.tier) if r["group"] not in set(args.only)]
         rows = kept + rows
@@ -274,8 +286,8 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
                   "vs reference, points | protocol | train min | eval s | load avg |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted((r for r in rows if r["task"] == task),
-                        key=lambda r: (r.get("query_imbalance") is not None, r["shots"],
-                                       rows.index(r))):
+                        key=lambda r: (r.get("query_imbalance") is not None,
+                                       shots_order(r["shots"]), rows.index(r))):
             p = r["paired"]
             vs = ("reference" if p["reference"] == r["label"] else
                   f"{100 * p['mean']:+.1f} ± {100 * p['ci95']:.1f} vs {p['reference']}")

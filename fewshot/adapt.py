@@ -170,13 +170,14 @@ class BaseModel:
     def adapt(self, folder: str | Path, shots: int = 5, method: str | None = None,
               seed: int = 0, keep_base: bool = False, out: str | Path | None = None,
               score: bool = True, device: str = "cpu", quiet: bool = True,
-              calibrate: bool = True):
+              calibrate: bool = True, cv: bool = False):
         """Adapt to the classes of `folder`; written to `out` when given. `method` is a
         head name, with options as `NAME:KEY=VALUE[,KEY=VALUE]`; `calibrate=False` keeps
-        the head's raw softmax (temperature 1)."""
+        the head's raw softmax (temperature 1); `cv=True` chooses the method by k-fold
+        over the support set instead (fewshot.cross_validation)."""
         adapted = adapt_folder(self, folder, shots=shots, method=method, seed=seed,
                                keep_base=keep_base, score=score, device=device, quiet=quiet,
-                               calibrate=calibrate)
+                               calibrate=calibrate, cv=cv)
         if out is not None:
             adapted.save(out)
         return adapted
@@ -196,20 +197,26 @@ def build_for_adapt(base: BaseModel, method: str, seed: int, options: dict[str, 
 
 def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | None = None,
                  seed: int = 0, keep_base: bool = False, score: bool = True,
-                 device: str = "cpu", quiet: bool = True, calibrate: bool = True):
-    """Adapt `base` to the classes of `folder` (see the module docstring)."""
+                 device: str = "cpu", quiet: bool = True, calibrate: bool = True,
+                 cv: bool = False):
+    """Adapt `base` to the classes of `folder` (see the module docstring); `cv` chooses
+    the method by cross-validation over the support set (fewshot.cross_validation)."""
     from fewshot.adapted import Adapted
 
     meta = base.meta
-    # an unknown method or option is exit 2 before any image is read
-    method, options = parse_head_spec(method or default_method(meta), "method")
     dev = pick_device(device)
     torch.manual_seed(seed)
-    head, options = build_for_adapt(base, method, seed, options)
-    # --keep-base needs a head that takes extra classes as prototypes: a feature-based one
-    # whose number of ways is not fixed when it is built (ANIL's classifier is).
-    if keep_base and (not head.feature_based or "ways" in head.options()):
-        raise keep_base_error(method)
+    if cv and method is not None:
+        raise UsageError("--cv chooses the method itself", "--method",
+                         "drop --method, or drop --cv")
+    if not cv:
+        # an unknown method or option is exit 2 before any image is read
+        method, options = parse_head_spec(method or default_method(meta), "method")
+        head, options = build_for_adapt(base, method, seed, options)
+        # --keep-base needs a head that takes extra classes as prototypes: a feature-based
+        # one whose number of ways is not fixed when it is built (ANIL's classifier is).
+        if keep_base and (not head.feature_based or "ways" in head.options()):
+            raise keep_base_error(method)
     size = meta.image_size
     selection = select_support(folder, shots, seed, size, min_classes=1 if keep_base else 2)
     base_names: list[str] = []
@@ -227,16 +234,23 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
             raise DataError("new class has the name of a base class", selection.root / clash[0],
                             "rename the folder, or drop --keep-base")
         classes += base_names
-    head.to(dev)
     labels = torch.tensor([label for _, label in selection.support])
     transform = model_transform(meta)
     extra = base_prototypes if keep_base else None
-    # the base encoder's view of the support, before any fitting changes the encoder
-    base_view = embed(head.encoder, selection.support_images, transform, dev)
-    folds = fold_count(labels) if calibrate else 0
-    out_of_fold = (calibration_folds(head, method, options, selection.support_images,
-                                     base_view, labels, folds, seed, transform, dev, extra)
-                   if folds else None)
+    cv_record = None
+    if cv:  # the chosen head's out-of-fold logits are also its calibration folds
+        cv_record, method, options, head, cv_logits, base_view = cross_validate(
+            base, selection, labels, seed, transform, dev, extra, keep_base)
+        folds = fold_count(labels) if calibrate else 0
+        out_of_fold = cv_logits if folds else None
+    else:
+        head.to(dev)
+        # the base encoder's view of the support, before any fitting changes the encoder
+        base_view = embed(head.encoder, selection.support_images, transform, dev)
+        folds = fold_count(labels) if calibrate else 0
+        out_of_fold = (calibration_folds(head, method, options, selection.support_images,
+                                         base_view, labels, folds, seed, transform, dev, extra)
+                       if folds else None)
     fit_head(head, selection.support_images, labels, transform, dev, extra)
     adapted = Adapted(
         head=head, classes=classes, method=method, head_options=options,
@@ -244,6 +258,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
               "image_size": size, "normalization": meta.normalization.model_dump()},
     )
     adapted.provenance = provenance(base, selection, shots, seed, keep_base, base_names)
+    adapted.provenance["cv"] = cv_record
     adapted.selection = selection  # for an ensemble's scoring; not saved
     heldout = score_heldout(adapted, selection, len(selection.classes), quiet) if score \
         else None
@@ -253,8 +268,9 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
         adapted.metrics = {"heldout": None, "note": "held-out images not scored"}
         heldout_logits, heldout_labels = torch.empty(0, len(classes)), torch.empty(0).long()
         heldout_features = torch.empty(0, base_view.shape[1])
-    adapted.calibration = calibration_record(out_of_fold, labels, folds, calibrate, method,
-                                             heldout_logits, heldout_labels)
+    adapted.calibration = calibration_record(out_of_fold, labels, folds, calibrate,
+                                             None if cv else method, heldout_logits,
+                                             heldout_labels)
     domain_stats = stored.domain if base.run.prototypes_path.is_file() else None
     support_view = base_view if head.feature_based else \
         embed(head.encoder, selection.support_images, transform, dev)
@@ -277,20 +293,25 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
                   out: Path | None, seed: int, keep_base: bool, device: str,
                   quiet: bool, use_wandb: bool = True, wandb_options: dict | None = None,
                   calibrate: bool = True,
-                  ensemble: list[tuple[Path | RunDir, str | None]] | None = None) -> Path:
+                  ensemble: list[tuple[Path | RunDir, str | None]] | None = None,
+                  cv: bool = False) -> Path:
     """`fewshot adapt`: adapt, write the adapted folder, print what was measured.
     `ensemble`: several (model, method) pairs adapted into one averaged model."""
     from fewshot.progress import console
 
     target = out if out is not None else Path("adapted") / Path(folder).resolve().name
     if ensemble:
+        if cv:
+            raise UsageError("--cv adapts one model", "--cv",
+                             "give one --model, or drop --cv")
         return ensemble_command(folder, shots, ensemble, target, seed, keep_base, device,
                                 quiet, calibrate)
     base = BaseModel(model)
     print(f"adapting {base.run.path} ({base.meta.kind} run, trained head {base.meta.head}, "
           f"{base.meta.backbone})", flush=True)
     adapted = adapt_folder(base, folder, shots=shots, method=method, seed=seed,
-                           keep_base=keep_base, device=device, quiet=quiet, calibrate=calibrate)
+                           keep_base=keep_base, device=device, quiet=quiet, calibrate=calibrate,
+                           cv=cv)
     adapted.save(target)
     m = adapted.metrics
     if not quiet:
@@ -303,6 +324,8 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
                          if keep_base else ""))
         if m.get("confusion"):
             console.print(confusion_table(m["confusion"]))
+    if adapted.provenance.get("cv"):
+        print(cv_line(adapted.provenance["cv"]))
     if m.get("heldout"):
         low, high = m["ci95"]
         print(f"leave-out accuracy: {100 * m['accuracy']:.1f}% ({m['correct']}/{m['heldout']} "
@@ -392,6 +415,13 @@ def ensemble_command(folder: Path, shots: int, pairs: list[tuple[Path | RunDir, 
     return target
 
 
+def cv_line(c: dict[str, Any]) -> str:
+    others = ", ".join(f"{g['method']} {100 * g['accuracy']:.0f}%" for g in c["grid"]
+                       if g["method"] != c["chosen"])
+    return (f"cross-validation: {c['chosen']} chosen, {100 * c['accuracy']:.1f}% out of fold "
+            f"({c['folds']} folds over {c['images']} support images; {others})")
+
+
 def calibration_line(c: dict[str, Any]) -> str:
     what = {"k-fold": f"{c['folds']}-fold on the support set",
             "k-fold-proxy": f"{c['folds']}-fold on the support set, through {c['proxy']}",
@@ -459,35 +489,81 @@ def calibration_folds(head: FewShotHead, method: str, options: dict[str, Any],
                       images: Tensor, features: Tensor, labels: Tensor, folds: int,
                       seed: int, transform, device: torch.device,
                       extra_features: Tensor | None) -> Tensor:
-    """Out-of-fold logits of the support images (fewshot.calibration)."""
+    """Out-of-fold logits of the support images (fewshot.calibration), through the
+    proxy of a head that is not re-run per fold."""
     from fewshot.methods import build_head
 
     fold_head = head
     if method in PROXY:
         proxy = PROXY[method]
         fold_head = build_head(proxy, head.encoder, **select_options(proxy, options)).to(device)
+    return fold_logits(fold_head, images, features, labels, folds, seed, transform, device,
+                       extra_features)
+
+
+def fold_logits(head: FewShotHead, images: Tensor, features: Tensor, labels: Tensor,
+                folds: int, seed: int, transform, device: torch.device,
+                extra_features: Tensor | None) -> Tensor:
+    """Each support image scored by `head` fitted on the other folds: on the embedded
+    support for a feature-based head, on the images for the others."""
     ways = int(labels.max()) + 1
 
     def fit_predict(train: Tensor, train_labels: Tensor, test: Tensor) -> Tensor:
-        fold_head.eval()
-        if fold_head.feature_based:
+        head.eval()
+        if head.feature_based:
             x, y = features[train].to(device), train_labels.to(device)
             if extra_features is not None:
                 x = torch.cat([x, extra_features.to(device, x.dtype)])
                 y = torch.cat([y, torch.arange(ways, ways + len(extra_features), device=device)])
-            with torch.no_grad(), fold_head.on_features():
-                fold_head.process_support_set(x, y)
-                return fold_head(features[test].to(device))
-        fold_head.process_support_set(transform(images[train].to(device)),
-                                      train_labels.to(device))
+            with torch.no_grad(), head.on_features():
+                head.process_support_set(x, y)
+                return head(features[test].to(device))
+        head.process_support_set(transform(images[train].to(device)), train_labels.to(device))
         with torch.no_grad():
-            return fold_head(transform(images[test].to(device)))
+            return head(transform(images[test].to(device)))
 
     return out_of_fold_logits(fit_predict, labels, folds, seed)
 
 
+def cross_validate(base: BaseModel, selection: Selection, labels: Tensor, seed: int,
+                   transform, device: torch.device, extra_features: Tensor | None,
+                   keep_base: bool) -> tuple[dict[str, Any], str, dict[str, Any], FewShotHead,
+                                             Tensor, Tensor]:
+    """`--cv` (fewshot.cross_validation): (record, method, options, head, the chosen
+    head's out-of-fold logits, the base encoder's view of the support)."""
+    from fewshot.cross_validation import candidates, choose
+
+    folds = fold_count(labels)
+    if not folds:
+        counts = torch.bincount(labels)
+        name = selection.classes[int(counts.argmin())]
+        raise DataError("--cv needs at least 2 support images in every class",
+                        selection.root / name, "add images to the class, or drop --cv")
+    heads: dict[str, tuple[str, dict[str, Any], FewShotHead]] = {}
+    features: Tensor | None = None
+    for spec in candidates(base.meta.head if base.meta.kind != "pretrain" else None):
+        name, options = parse_head_spec(spec, "method")
+        head, options = build_for_adapt(base, name, seed, options)
+        if keep_base and (not head.feature_based or "ways" in head.options()):
+            continue
+        heads[spec] = (name, options, head.to(device))
+        if features is None:  # every candidate shares the base encoder's weights
+            features = embed(head.encoder, selection.support_images, transform, device)
+    assert features is not None
+
+    def out_of_fold(spec: str) -> Tensor | None:
+        if spec not in heads:
+            return None
+        return fold_logits(heads[spec][2], selection.support_images, features, labels, folds,
+                           seed, transform, device, extra_features)
+
+    record, logits = choose(list(heads), out_of_fold, labels, folds)
+    name, options, head = heads[record["chosen"]]
+    return record, name, options, head, logits, features
+
+
 def calibration_record(out_of_fold: Tensor | None, labels: Tensor, folds: int,
-                       calibrate: bool, method: str, heldout_logits: Tensor,
+                       calibrate: bool, method: str | None, heldout_logits: Tensor,
                        heldout_labels: Tensor) -> dict[str, Any]:
     """adapted.json's `calibration`: the fitted temperature, or why there is none."""
     if not calibrate:
@@ -495,7 +571,7 @@ def calibration_record(out_of_fold: Tensor | None, labels: Tensor, folds: int,
     if out_of_fold is None:
         return record(1.0, "uncalibrated", heldout_logits, heldout_labels)
     temperature = fit_temperature(out_of_fold, labels)
-    proxy = PROXY.get(method)
+    proxy = PROXY.get(method) if method else None  # None: the method's own folds
     return record(temperature, "k-fold-proxy" if proxy else "k-fold", heldout_logits,
                   heldout_labels, folds=folds, proxy=proxy)
 

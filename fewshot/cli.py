@@ -39,7 +39,7 @@ screen = Console(highlight=False, soft_wrap=True)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors.")]
 HEAD_NAMES = ("protonet, simpleshot, linear-probe, finetune, maml, fomaml, anil, metasgd, "
-              "bd-cspn, tim, pt-map")
+              "bd-cspn, tim, pt-map, siamese")
 """The built-in heads, for help texts (which must not import torch to list them)."""
 
 
@@ -194,13 +194,15 @@ def wandb_names(project: str | None, entity: str | None, name: str | None) -> di
 @contextmanager
 def resumable(command: str) -> Iterator[None]:
     """Ctrl-C during training: the loop saved a checkpoint; say how to resume, exit 130."""
+    from fewshot.train.distributed import world_from_env
     from fewshot.train.loop import Interrupted
 
     try:
         yield
     except Interrupted as stop:
-        print(f"interrupted: checkpoint saved; resume with: fewshot {command} --resume "
-              f"{stop.run.path}", file=sys.stderr)
+        if world_from_env().main:  # under torchrun every rank stops; rank 0 says so
+            print(f"interrupted: checkpoint saved; resume with: fewshot {command} --resume "
+                  f"{stop.run.path}", file=sys.stderr)
         raise typer.Exit(130) from None
 
 
@@ -265,9 +267,13 @@ def training_command(name: str, entry: str, help_text: str,
                                    wandb_entity, run_name)
         config_dir = config.parent if config is not None else None
         started = time.monotonic()
+        from fewshot.train.distributed import world_from_env
+
         with resumable(name):
             result = stage(cfg, out=out, resume=run, data_root=data_root, config_dir=config_dir,
                            use_wandb=wandb, log_model=log_model, quiet=quiet)
+        if not world_from_env().main:  # under torchrun rank 0 speaks for the run
+            return
         screen.print(run_summary(result, time.monotonic() - started), markup=False)
         if not quiet:
             screen.print(next_step(result, cfg), markup=False)
@@ -314,8 +320,11 @@ def evaluate_cmd(
                                       "[default: novel].")] = None,
     ways: Annotated[int | None, _opt("--ways", min=2, metavar="N", help="Classes per episode "
                                      "[default: 5].")] = None,
-    shots: Annotated[int | None, _opt("--shots", min=1, metavar="K", help="Support images per "
-                                      "class [default: 5].")] = None,
+    shots: Annotated[str | None, _opt("--shots", metavar="K|A-B|K1,K2,..", help="Support "
+                                      "images per class [default: 5]; A-B draws each class's "
+                                      "count between A and B (seeded per episode), K1,K2,.. "
+                                      "gives one count per way (unequal support sets).")
+                     ] = None,
     queries: Annotated[int | None, _opt("--queries", min=1, metavar="Q", help="Query images "
                                         "per class [default: 15].")] = None,
     episodes: Annotated[int | None, _opt("--episodes", min=1, metavar="E",
@@ -354,6 +363,7 @@ def evaluate_cmd(
 
     from fewshot import plots
     from fewshot.config import Config, load_config
+    from fewshot.data.episodes import parse_shots
     from fewshot.evaluate import evaluate
     from fewshot.report import log_results, results_table, sensitivity_table
 
@@ -369,7 +379,8 @@ def evaluate_cmd(
         task = cfg.data.task
     e = cfg.eval
     result = evaluate(model, head or [], task, split=split or e.split, ways=ways or e.ways,
-                      shots=shots or e.shots, queries=queries or e.queries,
+                      shots=e.shots if shots is None else parse_shots(shots),
+                      queries=queries or e.queries,
                       episodes=episodes or e.episodes, seed=e.seed if seed is None else seed,
                       data_root=data_root, device=device or "auto", slow_episodes=slow_episodes,
                       max_per_class=max_per_class, quiet=quiet, query_imbalance=query_imbalance,
@@ -413,6 +424,11 @@ def adapt_cmd(
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit a "
                                             "softmax temperature by k-fold over the support "
                                             "set (needs 2+ images a class).")] = True,
+    cv: Annotated[bool, typer.Option("--cv", help="Choose the method and its steps / "
+                                     "learning rate by k-fold over the support set, among "
+                                     "simpleshot, linear-probe (4 settings), finetune and "
+                                     "the model's own head (needs 2+ images a class).")
+                  ] = False,
     device: Annotated[str, typer.Option("--device", metavar="NAME",
                                         help="auto, cpu, cuda or mps.")] = "auto",
     wandb: WandbOpt = None, wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
@@ -430,7 +446,7 @@ def adapt_cmd(
     Examples: fewshot adapt --shots 5 new_disease/ ;
     fewshot adapt --shots 5 new_disease/ --model runs/latest --method linear-probe:steps=50 ;
     fewshot adapt --shots 5 new_disease/ --model blood-v1 --method simpleshot
-    --method linear-probe"""
+    --method linear-probe ; fewshot adapt --shots 5 new_disease/ --model blood-v1 --cv"""
     from fewshot.adapt import adapt_command
     from fewshot.evaluate import pair_up
     from fewshot.quickstart import quickstart_run
@@ -440,7 +456,7 @@ def adapt_cmd(
     adapt_command(folder, shots, model=pairs[0][0], method=pairs[0][1], out=out, seed=seed,
                   keep_base=keep_base, device=device, quiet=quiet,
                   ensemble=pairs if len(pairs) > 1 else None,
-                  use_wandb=wandb is not False, calibrate=calibrate,
+                  use_wandb=wandb is not False, calibrate=calibrate, cv=cv,
                   wandb_options={"log_model": log_model,
                                  **wandb_names(wandb_project, wandb_entity, run_name)})
 
@@ -590,13 +606,15 @@ def verify_cmd(
     image_a: Annotated[Path, typer.Argument(metavar="IMAGE_A")],
     image_b: Annotated[Path, typer.Argument(metavar="IMAGE_B")],
 ) -> None:
-    """Is IMAGE_A the same finding as IMAGE_B? Prints one line: the cosine similarity of
-    their encoder features, in [-1, 1] (a ranking of pairs, not a probability).
+    """Is IMAGE_A the same finding as IMAGE_B? Prints one line: `same-finding probability:
+    P` from a model with a siamese head, else `similarity: S`, the cosine similarity of
+    their encoder features in [-1, 1] (a ranking of pairs, not a probability).
 
     Example: fewshot verify blood-v1 cell_a.png cell_b.png"""
-    from fewshot.verify import similarity
+    from fewshot.verify import verify
 
-    screen.print(f"similarity: {similarity(model, image_a, image_b):.2f}", markup=False)
+    what, value = verify(model, image_a, image_b)
+    screen.print(f"{what}: {value:.2f}", markup=False)
 
 
 def _click_error(exc: BaseException) -> int | None:

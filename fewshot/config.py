@@ -77,6 +77,10 @@ class TrainConfig(Section):
     shots: int = Field(default=5, ge=1)
     queries: int = Field(default=15, ge=1)
     meta_batch: int = Field(default=1, ge=1)
+    """Episodes a step on each process: under torchrun the global meta-batch is
+    meta_batch x world size."""
+    world_size: int = Field(default=1, ge=1)
+    """Recorded by the run (the processes torchrun started), not an input: a run sets it."""
     task_processes: int | None = Field(default=None, ge=1)
     """Processes sharing a CPU meta-batch of MAML-family tasks; None: one per core
     (at most meta_batch), 1: all tasks in this process."""

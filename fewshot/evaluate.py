@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.assembly import load_model, model_transform
-from fewshot.data.episodes import EpisodeSampler, episode_labels
+from fewshot.data.episodes import EpisodeSampler, Shots, check_shots, parse_shots, shots_json
 from fewshot.data.images import Normalize, decode_all, load_split_images
 from fewshot.data.tasks import SplitData, Task, load_task
 from fewshot.device import pick_device
@@ -171,7 +171,7 @@ class Models:
 
 # ---------------------------------------------------------------- the protocol
 def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: str = "novel",
-             ways: int = 5, shots: int = 5, queries: int = 15, episodes: int = 600,
+             ways: int = 5, shots: Shots | str = 5, queries: int = 15, episodes: int = 600,
              seed: int = 0, data_root: str | None = None, device: str = "auto",
              slow_episodes: int | None = None, head_options: dict[str, Any] | None = None,
              max_per_class: int | None = None, cache: Models | None = None,
@@ -187,6 +187,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
 
     if split not in ("base", "val", "novel"):
         raise UsageError("unknown split", split, "use base, val or novel")
+    shots = check_shots(parse_shots(shots) if isinstance(shots, str) else shots, ways)
     dev = pick_device(device)
     pairs = [(spec, parse_head_spec(head) if head else (None, {}))
              for spec, head in pair_up(models, heads)]  # every option checked before any work
@@ -222,8 +223,6 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
             # sees features only
             features[i] = cache.split_features(c.model, c.head.encoder, c.image_size,
                                                c.normalize)
-    support_labels = episode_labels(ways, shots, dev)
-
     progress = make_progress(quiet)
     plain = PlainProgress("evaluate", episodes, quiet=quiet or not progress.disable)
     with progress:
@@ -232,6 +231,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
             ep = sampler.episode(index)
             names = [data.classes[c] for c in ep.classes]
             query_labels = torch.from_numpy(ep.query_labels(sampler.queries)).to(dev)
+            support_labels = torch.from_numpy(ep.support_labels(sampler.shots)).to(dev)
             probs: dict[int, Tensor] = {}
             for i, c in enumerate(candidates):
                 if index >= c.episodes:
@@ -248,7 +248,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
 
     return {
         "fewshot_version": __version__,
-        "task": loaded.name, "split": split, "ways": ways, "shots": shots,
+        "task": loaded.name, "split": split, "ways": ways, "shots": shots_json(shots),
         "queries": sampler.queries, "episodes": episodes, "seed": seed,
         "protocol": overall_protocol(candidates), "max_per_class": max_per_class,
         "query_imbalance": query_imbalance,

@@ -89,11 +89,24 @@ def domain_section(d: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def cv_section(c: dict[str, Any]) -> list[str]:
+    lines = [f"`{c['chosen']}` was chosen by {c['folds']}-fold cross-validation over the "
+             f"{c['images']} support images (out-of-fold accuracy "
+             f"{100 * c['accuracy']:.1f}%; the held-out images did not take part):", "",
+             "| candidate | out-of-fold accuracy |", "|---|---:|"]
+    lines += [f"| {g['method']}{' (chosen)' if g['method'] == c['chosen'] else ''} | "
+              f"{100 * g['accuracy']:.1f}% |" for g in c["grid"]]
+    return lines + ["", "Out-of-fold accuracy from a few images is noisy, and the best of "
+                    f"{len(c['grid'])} candidates is optimistic: the held-out metrics "
+                    "below are the estimate to trust."]
+
+
 def model_options(doc: dict[str, Any]) -> str:
     members = doc.get("metrics", {}).get("members") if doc.get("members") else None
     if members:
         return "".join(f" --model {m['base_model']} --method {m['method']}" for m in members)
-    return f" --model {(doc.get('base_model') or {}).get('path')} --method {doc['method']}"
+    model = f" --model {(doc.get('base_model') or {}).get('path')}"
+    return model + (" --cv" if doc.get("cv") else f" --method {doc['method']}")
 
 
 def ensemble_section(doc: dict[str, Any]) -> list[str]:
@@ -169,6 +182,8 @@ def render_card(doc: dict[str, Any]) -> str:
     if skipped:
         lines += ["", f"{len(skipped)} file(s) could not be read and were skipped "
                   "(listed in adapted.json)."]
+    if doc.get("cv"):
+        lines += ["", "## Choice of method", ""] + cv_section(doc["cv"])
     lines += ["", "## Metrics", ""] + metrics_section(doc.get("metrics", {}))
     if doc.get("members"):
         lines += ["", "## Ensemble", ""] + ensemble_section(doc)

@@ -121,6 +121,8 @@ def per_class_sensitivity(per_class: dict[str, dict[str, Any]], path: Path,
 
 def evaluation(result: dict[str, Any], path: Path) -> Path:
     """evaluate's pairs: accuracy with 95% CIs, and paired differences against the first."""
+    from fewshot.data.episodes import shots_text
+
     plt = _pyplot()
     rows = result["results"]
     labels = [f"{r['model']} + {r['head']}" for r in rows]
@@ -134,7 +136,7 @@ def evaluation(result: dict[str, Any], path: Path) -> Path:
     left.set_yticks(range(len(rows)), labels, fontsize=8)
     left.invert_yaxis()
     left.set(xlabel="accuracy % (95% CI over episodes)",
-             title=f"{result['task']}: {result['ways']}-way {result['shots']}-shot, "
+             title=f"{result['task']}: {result['ways']}-way {shots_text(result['shots'])}-shot, "
                    f"{result['episodes']} episodes")
     if diffs:
         right = axes[0][1]

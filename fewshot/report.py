@@ -14,7 +14,10 @@ from fewshot.tracking import Tracker
 
 def results_table(result: dict[str, Any]):
     """A rich table of the results (percentages) with paired differences."""
-    title = (f"{result['task']} / {result['split']}: {result['ways']}-way {result['shots']}-shot,"
+    from fewshot.data.episodes import shots_text
+
+    title = (f"{result['task']} / {result['split']}: {result['ways']}-way "
+             f"{shots_text(result['shots'])}-shot,"
              f" {result['queries']} queries, seed {result['seed']}, {result['protocol']}")
     if result.get("query_imbalance") is not None:
         title += f", queries Dirichlet(α={result['query_imbalance']:g})"

@@ -61,6 +61,8 @@ class ModelMeta(Document):
     head_options: dict[str, Any] = Field(default_factory=dict)
     classes: dict[str, list[str]] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    world_size: int = Field(default=1, ge=1)
+    """Processes the run trained on (torchrun); 1 for a plain run."""
 
     def write(self, path: Path) -> None:
         text = self.model_dump_json(indent=2) + "\n"
@@ -122,6 +124,17 @@ class Calibration(Document):
     """`before` and `after`: per confidence bin, count, mean confidence and accuracy."""
 
 
+class CrossValidated(Document):
+    """`fewshot adapt --cv`: the method chosen by k-fold over the support set
+    (fewshot.cross_validation), with every candidate's out-of-fold accuracy."""
+
+    chosen: str
+    accuracy: float = Field(ge=0, le=1)
+    folds: int = Field(ge=2)
+    images: int = Field(ge=1)
+    grid: list[dict[str, Any]] = Field(min_length=1)
+
+
 class DomainCheck(Document):
     """The out-of-domain check of an adapted folder (`fewshot.ood`)."""
 
@@ -162,6 +175,7 @@ class AdaptedMeta(Document):
     metrics: dict[str, Any] = Field(default_factory=dict)
     calibration: Calibration | None = None
     domain: DomainCheck | None = None
+    cv: CrossValidated | None = None
     members: list[str] = Field(default_factory=list)
     """An ensemble's member folders (`members/<i>`, each an adapted folder of its own);
     the ensemble averages their calibrated probabilities. Empty for a single model."""

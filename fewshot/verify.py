@@ -1,9 +1,12 @@
 """`fewshot verify`: is image A the same finding as image B?
 
-Any run directory or adapted folder answers with the cosine similarity of the two images'
-encoder features (in [-1, 1]; the encoder in eval mode, its stored batch-norm
-statistics, the model's own preprocessing). A similarity is not a probability: it
-ranks pairs, and what counts as "the same" depends on the encoder and the finding.
+A model with a siamese head (meta-trained on pairs, or adapted with `--method siamese`)
+answers with its same-finding probability, the sigmoid of its learned pair score. Any
+other run directory or adapted folder answers with the cosine similarity of the two
+images' encoder features (in [-1, 1]). Both use the encoder in eval mode, its stored
+batch-norm statistics and the model's own preprocessing. A similarity is not a
+probability: it ranks pairs, and what counts as "the same" depends on the encoder and
+the finding.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from fewshot.errors import DataError, UsageError
 from fewshot.features import embed
 
 
-def encoder_of(model: str | Path) -> tuple[nn.Module, Normalize, int]:
-    """The encoder, normalisation and image size of a run or an adapted folder."""
+def head_of(model: str | Path) -> tuple[nn.Module, Normalize, int]:
+    """The head (on its encoder), normalisation and image size of a run or an adapted
+    folder (an ensemble: its first member)."""
     from fewshot.adapted import META, Adapted
     from fewshot.assembly import load_model, model_transform
 
@@ -31,16 +35,17 @@ def encoder_of(model: str | Path) -> tuple[nn.Module, Normalize, int]:
         members = getattr(adapted, "members", None)
         if members:  # an ensemble: its first member's encoder
             adapted = members[0]
-        return adapted.head.encoder, adapted.transform, adapted.image_size
+        return adapted.head, adapted.transform, adapted.image_size
     head, meta = load_model(model)
-    return head.encoder, model_transform(meta), meta.image_size
+    return head, model_transform(meta), meta.image_size
 
 
-def similarity(model: str | Path, image_a: Path, image_b: Path) -> float:
+def verify(model: str | Path, image_a: Path, image_b: Path) -> tuple[str, float]:
+    """(`same-finding probability` or `similarity`, its value) of the two images."""
     for image in (image_a, image_b):
         if not image.is_file():
             raise UsageError("image not found", image, "pass two image files")
-    encoder, normalize, size = encoder_of(model)
+    head, normalize, size = head_of(model)
     arrays = []
     for image in (image_a, image_b):
         loaded = try_load(image, size)
@@ -48,5 +53,11 @@ def similarity(model: str | Path, image_a: Path, image_b: Path) -> float:
             raise DataError(f"cannot read the image: {loaded}", image,
                             "pass an image file (PNG, JPEG, TIFF, DICOM)")
         arrays.append(torch.from_numpy(loaded))
-    features = embed(encoder, torch.stack(arrays), normalize, torch.device("cpu"))
-    return float(F.cosine_similarity(features[0:1], features[1:2]).clamp(-1, 1))
+    images = torch.stack(arrays)
+    if hasattr(head, "same_probability"):  # a siamese head: its learned pair score
+        batch = normalize(images)
+        with torch.no_grad():
+            probability = head.eval().same_probability(batch[0:1], batch[1:2])
+        return "same-finding probability", float(probability)
+    features = embed(head.encoder, images, normalize, torch.device("cpu"))
+    return "similarity", float(F.cosine_similarity(features[0:1], features[1:2]).clamp(-1, 1))

@@ -34,7 +34,7 @@ pytest.importorskip("onnxscript")
 SIZE = 16
 TOL = 1e-4
 GBML = ("maml", "fomaml", "anil", "metasgd")
-INDUCTIVE = ("protonet", "simpleshot", "linear-probe", "finetune", *GBML)
+INDUCTIVE = ("protonet", "simpleshot", "linear-probe", "finetune", "siamese", *GBML)
 
 
 def write_run(path: Path, head: str, backbone: str = "conv4",

@@ -44,7 +44,9 @@ class Group:
     tier: str
     pairs: list[Pair]
     stages: list[Stage] = field(default_factory=list)
-    shots: tuple[int, ...] = (1, 5)
+    shots: tuple[int | str, ...] = (1, 5)
+    """Shots of its episode sets: K, or unequal support sets as evaluate's --shots takes
+    them (`1-5`, `1,2,3,4,5`)."""
     note: str = ""
     reference: str = ""
     """The label of the row its rows are paired against (default: the task's first row)."""

@@ -21,6 +21,7 @@ from fewshot.data.folders import load_tensor
 from fewshot.errors import DataError, UsageError
 
 GROUP_TRIES = 20
+SHOTS_STREAM = 1
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,76 @@ class Episode:
     """Sample indices `[N*Q]` (or the sum of `query_counts`), class-major."""
     query_counts: tuple[int, ...] | None = None
     """Queries per class when they are drawn unequal (`query_imbalance`); None: Q each."""
+    support_counts: tuple[int, ...] | None = None
+    """Shots per class when they are unequal (a range or a list); None: K each."""
 
     def query_labels(self, queries: int) -> np.ndarray:
         """Episode labels of the query set (class-major)."""
         counts = self.query_counts or (queries,) * len(self.classes)
         return np.repeat(np.arange(len(self.classes)), counts)
+
+    def support_labels(self, shots: int) -> np.ndarray:
+        """Episode labels of the support set (class-major)."""
+        counts = self.support_counts or (shots,) * len(self.classes)
+        return np.repeat(np.arange(len(self.classes)), counts)
+
+
+Shots = int | tuple[int, int] | list[int]
+"""K for every class, a range `(A, B)` drawn per class, or one count per way."""
+
+
+def parse_shots(text: str | int) -> Shots:
+    """`5`, `1-5` (each class draws between 1 and 5) or `1,2,3,4,5` (one per way)."""
+    if isinstance(text, int):
+        return text
+    raw = str(text).strip()
+    try:
+        if "-" in raw:
+            low, high = (int(part) for part in raw.split("-", 1))
+            if low == high:
+                return low
+            return (low, high)
+        if "," in raw:
+            return [int(part) for part in raw.split(",") if part.strip()]
+        return int(raw)
+    except ValueError:
+        raise UsageError("--shots takes K, A-B or K1,K2,...", raw,
+                         "e.g. --shots 5, --shots 1-5 or --shots 1,2,3,4,5") from None
+
+
+def check_shots(shots: Shots, ways: int) -> Shots:
+    """A shots range or list that fits `ways` (exit 2 otherwise), as given."""
+    if isinstance(shots, tuple):
+        low, high = shots
+        if not 1 <= low <= high:
+            raise UsageError("a shots range needs 1 <= A <= B", f"{low}-{high}",
+                             "e.g. --shots 1-5")
+    elif isinstance(shots, list):
+        if len(shots) != ways:
+            raise UsageError(f"{len(shots)} shot counts for {ways} ways",
+                             ",".join(map(str, shots)), "give one count per way")
+        if min(shots) < 1:
+            raise UsageError("every class needs at least 1 shot", ",".join(map(str, shots)),
+                             "use counts of 1 or more")
+    return shots
+
+
+def shots_json(shots: Shots) -> int | dict[str, int] | list[int]:
+    """How results record the shots: an int, `{min, max}` or a list."""
+    if isinstance(shots, tuple):
+        return {"min": shots[0], "max": shots[1]}
+    return list(shots) if isinstance(shots, list) else int(shots)
+
+
+def shots_text(shots: Shots | dict | list) -> str:
+    """`5`, `1-5` or `1,2,3,4,5` (also from the JSON form)."""
+    if isinstance(shots, dict):
+        return f"{shots['min']}-{shots['max']}"
+    if isinstance(shots, tuple):
+        return f"{shots[0]}-{shots[1]}"
+    if isinstance(shots, list):
+        return ",".join(str(k) for k in shots)
+    return str(shots)
 
 
 def episode_labels(ways: int, per_class: int, device: torch.device | str | None = None) -> Tensor:
@@ -57,7 +123,7 @@ class EpisodeSampler:
         self,
         labels: Sequence[int] | np.ndarray | Tensor,
         ways: int,
-        shots: int,
+        shots: Shots,
         queries: int,
         episodes: int = 600,
         seed: int = 0,
@@ -70,7 +136,9 @@ class EpisodeSampler:
     ) -> None:
         """`query_imbalance` (evaluation): the N*Q queries are split over the classes by a
         Dirichlet(alpha) draw seeded from (seed, index), at least one a class, and capped at
-        what a class has (Veilleux et al. 2021); None: Q queries each."""
+        what a class has (Veilleux et al. 2021); None: Q queries each. `shots` (unequal
+        support sets, evaluation only): a range `(A, B)` draws each class's count
+        uniformly from A..B, seeded from (seed, index); a list gives label j `shots[j]`."""
         labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels, np.int64)
         self.class_ids = np.unique(labels)
         self.by_class = {int(c): np.flatnonzero(labels == c) for c in self.class_ids}
@@ -83,6 +151,8 @@ class EpisodeSampler:
                 f"{ways}-way episodes need {ways} classes, the data has {len(self.class_ids)}",
                 "--ways", f"use --ways {len(self.class_ids)} or fewer",
             )
+        self.shot_spec = check_shots(shots, ways)
+        shots = max(shots) if isinstance(shots, tuple | list) else shots
         if shots < 1 or queries < 1:
             raise UsageError("shots and queries must be at least 1", f"{shots}/{queries}", "")
         smallest = min(self.by_class, key=lambda c: len(self.by_class[c]))
@@ -104,7 +174,25 @@ class EpisodeSampler:
         if query_imbalance is not None and tasks_per_batch != 1:
             raise UsageError("unequal queries are for evaluation, one episode at a time",
                              "query_imbalance", "use it with fewshot evaluate")
+        if self.unequal_shots and tasks_per_batch != 1:
+            raise UsageError("unequal shots are for evaluation, one episode at a time",
+                             "shots", "meta-training keeps equal shots: give one K")
         self.query_imbalance = query_imbalance
+
+    @property
+    def unequal_shots(self) -> bool:
+        return isinstance(self.shot_spec, tuple | list)
+
+    def _shot_counts(self, index: int) -> list[int]:
+        """A range draws from its own generator on (seed, index), so the episode's classes
+        and queries are those of the equal episode with K = B (paired comparisons)."""
+        if isinstance(self.shot_spec, tuple):
+            low, high = self.shot_spec
+            rng = np.random.default_rng([self.seed, index, SHOTS_STREAM])
+            return rng.integers(low, high + 1, size=self.ways).tolist()
+        if isinstance(self.shot_spec, list):
+            return list(self.shot_spec)
+        return [self.shots] * self.ways
 
     def _name(self, class_id: int) -> str:
         return self.class_names[class_id] if self.class_names else f"class {class_id}"
@@ -117,17 +205,20 @@ class EpisodeSampler:
         rng = self.rng(index)
         classes = rng.choice(self.class_ids, size=self.ways, replace=False)
         counts = self._query_counts(rng, classes)
+        shots = self._shot_counts(index)
         if self.groups is not None:
-            support, query = self._grouped(rng, classes, counts)
+            support, query = self._grouped(rng, classes, counts, shots)
         else:
             support, query = [], []
-            for class_id, count in zip(classes.tolist(), counts, strict=True):
+            for class_id, count, k in zip(classes.tolist(), counts, shots, strict=True):
                 pool = self.by_class[class_id]
                 order = pool[rng.permutation(len(pool))]
-                support.append(order[: self.shots])
-                query.append(order[self.shots : self.shots + count])
+                support.append(order[:k])
+                query.append(order[self.shots : self.shots + count])  # as with K = max shots
         drawn = tuple(len(q) for q in query) if self.query_imbalance is not None else None
-        return Episode(index, classes, np.concatenate(support), np.concatenate(query), drawn)
+        given = tuple(shots) if self.unequal_shots else None
+        return Episode(index, classes, np.concatenate(support), np.concatenate(query), drawn,
+                       given)
 
     def _query_counts(self, rng: np.random.Generator, classes: np.ndarray) -> list[int]:
         n = len(classes)
@@ -138,8 +229,8 @@ class EpisodeSampler:
         return [min(int(c), len(self.by_class[int(k)]) - self.shots)
                 for c, k in zip(counts, classes, strict=True)]
 
-    def _grouped(self, rng: np.random.Generator, classes: np.ndarray, counts: list[int]
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _grouped(self, rng: np.random.Generator, classes: np.ndarray, counts: list[int],
+                 shots: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Support of each class from whole groups in random order; the query of every
         class only from groups that gave no support image to any class of the episode
         (a patient or source image often holds images of several classes)."""
@@ -147,7 +238,7 @@ class EpisodeSampler:
         short = int(classes[0])
         for _ in range(GROUP_TRIES):
             support, shuffled = [], []
-            for class_id in classes.tolist():
+            for class_id, k in zip(classes.tolist(), shots, strict=True):
                 pool = self.by_class[class_id]
                 order = pool[rng.permutation(len(pool))]
                 groups = np.unique(self.groups[pool])
@@ -155,7 +246,7 @@ class EpisodeSampler:
                                 strict=True))
                 by_group = order[np.argsort([rank[g] for g in self.groups[order].tolist()],
                                             kind="stable")]
-                support.append(by_group[: self.shots])
+                support.append(by_group[:k])
                 shuffled.append(order)
             used = np.unique(self.groups[np.concatenate(support)])
             query = []
@@ -210,6 +301,9 @@ class EpisodeBatch:
 def split_batch(images: Tensor, sampler: EpisodeSampler,
                 episodes: list[Episode]) -> EpisodeBatch:
     """Reshape a flat support-then-query image batch (as the batch sampler orders it)."""
+    if sampler.unequal_shots or sampler.query_imbalance is not None:
+        raise UsageError("episode batches need equal shots and queries", "shots",
+                         "give one K and no --query-imbalance")
     n, k, q = sampler.ways, sampler.shots, sampler.queries
     tasks = images.reshape(len(episodes), n * (k + q), *images.shape[1:])
     return EpisodeBatch(

@@ -10,6 +10,7 @@ from fewshot.methods import (  # noqa: F401
     metasgd,
     protonet,
     pt_map,
+    siamese,
     simpleshot,
     tim,
 )

@@ -4,7 +4,8 @@ Phase 1 trains a linear head on frozen features (the linear probe). Phase 2 unfr
 the encoder's last stage and trains it with the head at a lower learning rate, on
 flipped and rotated support images (no rescaling: size is a diagnostic cue). Batch-norm
 keeps its stored statistics (inductive; five images are too few to estimate them). The
-encoder is restored after every episode, so episodes stay independent.
+encoder is restored after every episode, so episodes stay independent. Both phases use
+the linear probe's class-balanced loss weights (unequal shots; `balance=false` drops them).
 
 Cost. With `fast` (the default) and an encoder that splits at its last stage (Conv4,
 ResNet-12, torchvision ResNets), the frozen trunk runs once on the 8 flips and rotations
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from fewshot.data.augment import augment as augment_images
 from fewshot.methods.base import FewShotHead, register_head
 from fewshot.methods.common import transform_features
-from fewshot.methods.linear_probe import train_linear
+from fewshot.methods.linear_probe import balanced_weights, train_linear
 from fewshot.models.registry import last_stage_parameters, split_last_stage
 
 
@@ -42,8 +43,10 @@ class FineTune(FewShotHead):
     def __init__(self, encoder: nn.Module, steps: int = 100, lr: float = 0.01,
                  finetune_steps: int = 20, finetune_lr: float = 1e-4,
                  temperature: float = 10.0, base_mean: Tensor | None = None,
-                 seed: int = 0, augment: bool = True, fast: bool = True) -> None:
+                 seed: int = 0, augment: bool = True, fast: bool = True,
+                 balance: bool = True) -> None:
         super().__init__(encoder)
+        self.balance = balance
         self.steps, self.lr, self.temperature = steps, lr, temperature
         self.finetune_steps, self.finetune_lr, self.augment = finetune_steps, finetune_lr, augment
         self.fast = fast
@@ -72,7 +75,10 @@ class FineTune(FewShotHead):
         self.encoder.requires_grad_(False)
         with torch.no_grad():
             features = self.embed(support)
-        linear = train_linear(features, support_labels, self.steps, self.lr, self.temperature)
+        linear = train_linear(features, support_labels, self.steps, self.lr, self.temperature,
+                              balance=self.balance)
+        weight = (balanced_weights(support_labels, linear.out_features).to(features.dtype)
+                  if self.balance else None)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
         self.calls += 1
         linear.requires_grad_(True)
@@ -89,7 +95,8 @@ class FineTune(FewShotHead):
                     images = augment_images(support, generator=generator) \
                         if self.augment else support
                     optimizer.zero_grad(set_to_none=True)
-                    F.cross_entropy(linear(self.embed(images)), support_labels).backward()
+                    F.cross_entropy(linear(self.embed(images)), support_labels,
+                                    weight=weight).backward()
                     optimizer.step()
             else:
                 trunk, tail = split
@@ -102,7 +109,8 @@ class FineTune(FewShotHead):
                     optimizer.zero_grad(set_to_none=True)
                     features = transform_features(tail(cached[view, rows]), None,
                                                   self.base_mean)
-                    F.cross_entropy(linear(features), support_labels).backward()
+                    F.cross_entropy(linear(features), support_labels,
+                                    weight=weight).backward()
                     optimizer.step()
         self.encoder.requires_grad_(False)
         self.linear = linear.requires_grad_(False)

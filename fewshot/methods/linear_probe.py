@@ -6,6 +6,11 @@ option); the weights start
 at the normalised prototypes, so step 0 is cosine nearest centroid, and a bounded number
 of full-batch Adam steps follow. Full-batch steps from a fixed start use no randomness,
 so a probe is deterministic (the seed is accepted for a uniform interface).
+
+The loss is class-balanced: each class weighs `n / (N * n_c)` (scikit-learn's
+"balanced"), so a class with 2 support images counts as much as one with 12; with equal
+shots every weight is 1 and the loss is the plain mean. `balance=false` drops the
+weights (every image counts once).
 """
 
 from __future__ import annotations
@@ -18,8 +23,16 @@ from fewshot.methods.base import FewShotHead, register_head
 from fewshot.methods.common import centring_mean, class_means, transform_features
 
 
+def balanced_weights(labels: Tensor, ways: int | None = None) -> Tensor:
+    """Per-class loss weights `n / (N * n_c)`: all 1 with equal shots."""
+    ways = int(labels.max()) + 1 if ways is None else ways
+    counts = torch.bincount(labels, minlength=ways).clamp_min(1).float()
+    return (len(labels) / (ways * counts)).to(labels.device)
+
+
 def train_linear(features: Tensor, labels: Tensor, steps: int, lr: float,
-                 temperature: float, weight_decay: float = 5e-4) -> nn.Linear:
+                 temperature: float, weight_decay: float = 5e-4,
+                 balance: bool = True) -> nn.Linear:
     """A linear layer initialised from prototypes and fitted with `steps` Adam steps."""
     ways = int(labels.max()) + 1
     linear = nn.Linear(features.shape[-1], ways).to(features.device)
@@ -27,10 +40,11 @@ def train_linear(features: Tensor, labels: Tensor, steps: int, lr: float,
         linear.weight.copy_(temperature * F.normalize(class_means(features, labels, ways), dim=-1))
         linear.bias.zero_()
     optimizer = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
+    weight = balanced_weights(labels, ways).to(features.dtype) if balance else None
     with torch.enable_grad():
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(linear(features), labels).backward()
+            F.cross_entropy(linear(features), labels, weight=weight).backward()
             optimizer.step()
     return linear.requires_grad_(False)
 
@@ -40,9 +54,10 @@ class LinearProbe(FewShotHead):
     def __init__(self, encoder: nn.Module, steps: int = 100, lr: float = 0.01,
                  temperature: float = 10.0, base_mean: Tensor | None = None,
                  seed: int = 0, power: float | None = None,
-                 base_features: Tensor | None = None) -> None:
+                 base_features: Tensor | None = None, balance: bool = True) -> None:
         super().__init__(encoder)
         self.steps, self.lr, self.temperature, self.seed = steps, lr, temperature, seed
+        self.balance = balance
         self.power = power
         self.register_buffer("base_mean", centring_mean(power, base_mean, base_features),
                              persistent=False)
@@ -55,7 +70,7 @@ class LinearProbe(FewShotHead):
         with torch.no_grad():  # the encoder stays frozen: no graph through it
             features = self.embed(support)
         self.linear = train_linear(features, support_labels, self.steps, self.lr,
-                                   self.temperature)
+                                   self.temperature, balance=self.balance)
 
     def forward(self, query: Tensor) -> Tensor:
         assert self.linear is not None, "call process_support_set first"

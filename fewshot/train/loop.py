@@ -39,6 +39,7 @@ from fewshot.progress import PlainProgress, console, make_progress
 from fewshot.run import RunDir, restore_training, rng_state
 from fewshot.schema import BASE_FEATURES_PER_CLASS, ModelMeta, Prototypes
 from fewshot.tracking import Tracker
+from fewshot.train.distributed import SINGLE, World
 from fewshot.train.validate import Validation, log_validation
 
 
@@ -120,6 +121,8 @@ class Stage:
     total: int = 0
     """Positions in the whole run."""
     units_per_step: int = 1
+    world: World = SINGLE
+    """The ranks this stage trains on (fewshot.train.distributed); one by default."""
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -242,14 +245,17 @@ def base_prototypes(encoder: nn.Module, images: Tensor, data: SplitData, transfo
 
 
 def start(config: Config, data_root: str | None, config_dir: Path | None,
-          resume: RunDir | None) -> tuple[torch.device, Task]:
+          resume: RunDir | None, world: World = SINGLE) -> tuple[torch.device, Task]:
     """What every stage does first: a resumed run folder is locked before any data is
-    read (a second writer stops here), then the device, the seed and the task. The task and
-    a weights path are written back absolute, so the run's config.yaml resolves from
-    anywhere."""
-    if resume is not None:
+    read (a second writer stops here; rank 0 holds the lock for all ranks), then the
+    device, the seed and the task. The task and a weights path are written back absolute,
+    so the run's config.yaml resolves from anywhere."""
+    from fewshot.train.distributed import rank_device
+
+    if resume is not None and world.main:
         resume.lock()
-    device = pick_device(config.train.device)
+    world.barrier()
+    device = rank_device(world, pick_device(config.train.device))
     torch.manual_seed(config.train.seed)
     task = load_task(config.data.task, data_root or config.data.root, relative_to=config_dir)
     task.check_held_apart()
@@ -259,23 +265,42 @@ def start(config: Config, data_root: str | None, config_dir: Path | None,
     return device, task
 
 
-def open_run(config: Config, name: str, out: str | Path | None, resume: RunDir | None
-             ) -> RunDir:
+def open_run(config: Config, name: str, out: str | Path | None, resume: RunDir | None,
+             world: World = SINGLE) -> RunDir:
     """The run folder, locked for this process (a resumed one is locked by the caller
-    before any data is read)."""
+    before any data is read). Under torchrun rank 0 alone creates it (name checks, lock,
+    `latest`, config.yaml with the world size) and tells the other ranks its path."""
+    config.train.world_size = world.size
     if resume is not None:
+        if world.main:
+            resume.write_config(config)  # the world size it now runs at
         return resume
-    run = RunDir.create(config.name or name, out)
-    run.lock()
-    run.write_config(config)
-    return run
+    path = None
+    failure = None
+    if world.main:
+        try:
+            run = RunDir.create(config.name or name, out)
+            run.lock()
+            run.write_config(config)
+            path = str(run.path)
+        except Exception as exc:  # noqa: BLE001 - told to every rank, raised on rank 0
+            failure = exc
+    path = world.broadcast(path)
+    if failure is not None:
+        raise failure
+    if path is None:
+        raise SystemExit(2)  # rank 0 could not create the run folder and said why
+    return run if world.main else RunDir(Path(path))
 
 
 def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
           objectives: list[Objective] | None = None, use_wandb: bool | None = None,
           log_model: bool = False, quiet: bool = False) -> RunDir:
-    """Run (or resume) `stage` in `run`; returns the run directory."""
+    """Run (or resume) `stage` in `run`; returns the run directory. Under torchrun every
+    rank runs this loop in step; rank 0 alone validates and writes (fewshot.train.distributed)."""
     t = config.train
+    world = stage.world
+    quiet = quiet or not world.main
     objectives = objectives or []
     state = LoopState()
     if resumed:
@@ -286,25 +311,43 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
             # resumed with more steps than planned: stretch the remaining decay (no restart)
             steps = -(-stage.total // stage.units_per_step)
             stage.scheduler.T_max = max(stage.scheduler.T_max, steps)
-        run.truncate_metrics(state.position)
+        if world.main:
+            run.truncate_metrics(state.position)
+    world.barrier()  # every rank has read the checkpoint before rank 0 writes anything
 
     wandb_on = config.tracking.wandb if use_wandb is None else use_wandb
-    tracker = Tracker(run.path, job_type=stage.kind, config=config.to_dict(),
-                      use_wandb=wandb_on, project=config.tracking.project,
-                      entity=config.tracking.entity,
+    tracker = Tracker(run.path if world.main else None, job_type=stage.kind,
+                      config=config.to_dict(), use_wandb=wandb_on and world.main,
+                      project=config.tracking.project, entity=config.tracking.entity,
                       name=config.tracking.run_name or run.path.name, quiet=quiet)
 
     def checkpoint() -> None:
+        if not world.main:
+            return
         run.save_checkpoint(stage.model.state_dict(), {
             "optimizer": stage.optimizer.state_dict(), "scheduler": stage.scheduler.state_dict(),
             "rng": rng_state(),
             "train": {"loop": asdict(state), "stage": stage.state_dict()},
         })
 
+    def meta() -> ModelMeta:
+        described = stage.model_meta(state)
+        described.world_size = world.size
+        return described
+
     def save_best() -> None:
-        run.save_model(stage.best_weights(), stage.model_meta(state))
+        if world.main:
+            run.save_model(stage.best_weights(), meta())
 
     def validate() -> None:
+        """On rank 0 (the others wait for its verdict: best, patience, early stop)."""
+        if world.main:
+            validate_here()
+        if world.distributed:
+            for key, value in world.broadcast(asdict(state)).items():
+                setattr(state, key, value)
+
+    def validate_here() -> None:
         at = stage.count(state.position)
         if not stage.has_validation():  # nothing to select by: the latest model is the best
             state.best_at = at
@@ -361,10 +404,11 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
             plain.update(state.position, result.status)
             if stage.validation_due(before, state.position):
                 validate()
-            if stop.requested:
+            if world.any(stop.requested):  # every rank stops at the same step
                 checkpoint()
                 tracker.finish(exit_code=130)
-                run.unlock()
+                if world.main:
+                    run.unlock()
                 raise Interrupted(run)
             if state.stopped_early:
                 break
@@ -376,14 +420,18 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
                                     or not stage.has_validation()):
         validate()
     checkpoint()
+    world.barrier()  # rank 0's best model is on disk
     stage.load_best(run.load_weights())  # the best model describes the run
-    stage.write_prototypes(run)
-    run.write_meta(stage.model_meta(state))
-    draw_curves(run, f"{stage.kind}: {run.path.name}", quiet)
+    if world.main:
+        stage.write_prototypes(run)
+        run.write_meta(meta())
+        draw_curves(run, f"{stage.kind}: {run.path.name}", quiet)
     tracker.summary({"val/best_acc": state.best_acc if stage.has_validation() else None,
                      f"best_{stage.unit}": state.best_at})
-    if log_model:
+    if log_model and world.main:
         tracker.log_artifact(run.path, name=f"model-{run.path.name}")
     tracker.finish()
-    run.unlock()
+    if world.main:
+        run.unlock()
+    world.barrier()  # no rank leaves before the run folder is complete
     return run

@@ -4,7 +4,14 @@ held-apart `val` classes, keeping the model that generalises best.
 
 This module is the stage's step and options; the loop around it (checkpoints, exact
 resume, validation, Ctrl-C, the run directory) is `fewshot.train.loop`. Episode `i` is a
-pure function of `(seed, i)`, so a resumed run reaches the same weights.
+pure function of `(seed, i)`, its augmentation too (a generator seeded from the pair), so
+a resumed run reaches the same weights.
+
+Under torchrun a step's global meta-batch is `meta_batch x world size` consecutive
+episodes, rank r taking the r-th `meta_batch` of them: no episode is drawn twice, and
+after the gradients' all-reduce (each rank's share weighted by its task count) every rank
+holds the gradient of the global mean loss, the one a single process would compute for
+the same episodes. CPU task-worker processes are off under torchrun.
 """
 
 from __future__ import annotations
@@ -27,6 +34,13 @@ from fewshot.methods import FewShotHead, build_head, select_options
 from fewshot.models import build_backbone
 from fewshot.run import RunDir
 from fewshot.schema import ModelMeta
+from fewshot.train.distributed import (
+    SINGLE,
+    World,
+    close_world,
+    episode_generator,
+    init_world,
+)
 from fewshot.train.loop import (
     LoopState,
     Objective,
@@ -67,6 +81,13 @@ def build_model(config: Config, image_size: int, ways: int) -> FewShotHead:
                       **head_options(config, ways, encoder.feature_dim))
 
 
+def rank_episodes(first: int, count: int, per_rank: int, rank: int) -> range:
+    """The episodes of a step (`count` from `first`) that rank `rank` draws: its own
+    `per_rank` of them, in order, so no episode is drawn by two ranks."""
+    return range(min(first + rank * per_rank, first + count),
+                 min(first + (rank + 1) * per_rank, first + count))
+
+
 def meta_batch_backward(head: FewShotHead, support: Tensor, support_labels: Tensor,
                         query: Tensor, query_labels: Tensor,
                         workers: TaskWorkers | None = None) -> tuple[Tensor, Tensor]:
@@ -94,9 +115,11 @@ class MetaTrainStage(Stage):
 
     kind, unit = "meta-train", "episode"
 
-    def __init__(self, config: Config, task: Task, device: torch.device, quiet: bool) -> None:
+    def __init__(self, config: Config, task: Task, device: torch.device, quiet: bool,
+                 world: World = SINGLE) -> None:
         t = config.train
         self.config, self.task, self.device, self.t = config, task, device, t
+        self.world = world
         self.image_size = config.data.image_size or task.image_size
         cache = cache_options(config, quiet)
         self.base_images, self.base = load_split_images(task, "base", self.image_size, **cache)
@@ -114,45 +137,71 @@ class MetaTrainStage(Stage):
                                       episodes=t.episodes, seed=t.seed,
                                       tasks_per_batch=t.meta_batch, groups=self.base.groups,
                                       class_names=self.base.classes)
-        self.total, self.units_per_step = t.episodes, t.meta_batch
+        self.total, self.units_per_step = t.episodes, t.meta_batch * world.size
         self.optimizer = make_optimizer(self.head.parameters(), config)
-        self.scheduler = make_scheduler(self.optimizer, config, len(self.sampler))
+        self.scheduler = make_scheduler(self.optimizer, config,
+                                        -(-t.episodes // self.units_per_step))
+        self.share = 1.0
+        """This rank's tasks over the step's global count: the weight of its gradient."""
         self.amp = t.amp and device.type == "cuda"
         self.workers: TaskWorkers | None = None
         self.loss_smooth: float | None = None
         self.acc_smooth: float | None = None
 
     # ---- the step ---------------------------------------------------------------------
-    def batches(self, start: int) -> Generator[EpisodeBatch, None, None]:
+    def batches(self, start: int) -> Generator[tuple[int, int, EpisodeBatch | None], None,
+                                                None]:
+        """(first episode of the step, episodes in the step on all ranks, this rank's
+        part of them, or None when the step's tail leaves this rank none)."""
         self.sampler.start = start
-        processes = task_processes(self.head, self.device, self.t.meta_batch,
-                                   self.t.task_processes)
+        processes = 1 if self.world.distributed else task_processes(
+            self.head, self.device, self.t.meta_batch, self.t.task_processes)
         workers = TaskWorkers(self.head, processes) if processes > 1 else None
+        episodes = TensorEpisodes(self.base_images, self.sampler, transform=self.normalize)
+        per_rank, rank = self.t.meta_batch, self.world.rank
         with workers or contextlib.nullcontext():
             self.workers = workers
             try:
-                yield from TensorEpisodes(self.base_images, self.sampler,
-                                          transform=self.normalize)
+                for first in range(start, self.t.episodes, self.units_per_step):
+                    count = min(self.units_per_step, self.t.episodes - first)
+                    mine = rank_episodes(first, count, per_rank, rank)
+                    yield first, count, episodes.batch(mine) if len(mine) else None
             finally:
                 self.workers = None
 
-    def step(self, batch: EpisodeBatch) -> StepResult:
-        first = batch.episodes[0].index
+    def step(self, item: tuple[int, int, EpisodeBatch | None]) -> StepResult:
+        first, count, batch = item
+        if batch is None:  # nothing of this step falls to this rank: it adds no gradient
+            self.share = 0.0
+            totals = self.world.sum([0.0, 0.0, 0.0])
+            loss_value, acc = totals[0] / count, totals[1] / max(totals[2], 1)
+            return self.step_result(first + count, loss_value, acc, {})
         batch = batch.to(self.device)
         support, query = batch.support, batch.query
-        if self.t.augment:
-            support = augment(support.flatten(0, 1)).view_as(support)
-            query = augment(query.flatten(0, 1)).view_as(query)
+        if self.t.augment:  # seeded per episode: the same on any rank and world size
+            generators = [episode_generator(self.t.seed, ep.index) for ep in batch.episodes]
+            support = torch.stack([augment(x, generator=g) for x, g in zip(support, generators,
+                                                                            strict=True)])
+            query = torch.stack([augment(x, generator=g) for x, g in zip(query, generators,
+                                                                          strict=True)])
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             loss, logits = meta_batch_backward(self.head, support, batch.support_labels, query,
                                                batch.query_labels, self.workers)
-        acc = (logits.argmax(-1) == batch.query_labels).float().mean().item()
-        value = loss.item()
-        self.loss_smooth = value if self.loss_smooth is None else \
-            0.95 * self.loss_smooth + 0.05 * value
-        self.acc_smooth = acc if self.acc_smooth is None else 0.95 * self.acc_smooth + 0.05 * acc
-        metrics = {"train/loss": value, "train/loss_smooth": self.loss_smooth,
-                   "train/acc": acc, "train/acc_smooth": self.acc_smooth}
+        local = len(batch.episodes)
+        self.share = local / count
+        correct = float((logits.argmax(-1) == batch.query_labels).float().sum())
+        totals = self.world.sum([loss.item() * local, correct, float(logits.shape[:-1].numel())])
+        return self.step_result(first + count, totals[0] / count, totals[1] / totals[2],
+                                self.inner_metrics())
+
+    def optimizer_step(self) -> None:
+        """The global mean gradient on every rank (a plain step on one), then the update."""
+        self.world.reduce_gradients(self.head, self.share)
+        self.optimizer.step()
+        self.world.broadcast_buffers(self.head)
+
+    def inner_metrics(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
         inner = getattr(self.head, "support_losses", None)
         if inner is not None:  # MAML family: the inner loop's effect on the support
             metrics["train/support_loss_before"] = inner[0].item()
@@ -162,8 +211,16 @@ class MetaTrainStage(Stage):
             metrics["train/inner_lr_mean"] = lrs.mean().item()
         if self.device.type == "cuda":
             metrics["train/gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
-        return StepResult(first + len(batch.episodes), metrics,
-                          f"loss {self.loss_smooth:.3f} acc {acc:.2f}")
+        return metrics
+
+    def step_result(self, position: int, value: float, acc: float,
+                    extra: dict[str, float]) -> StepResult:
+        self.loss_smooth = value if self.loss_smooth is None else \
+            0.95 * self.loss_smooth + 0.05 * value
+        self.acc_smooth = acc if self.acc_smooth is None else 0.95 * self.acc_smooth + 0.05 * acc
+        metrics = {"train/loss": value, "train/loss_smooth": self.loss_smooth,
+                   "train/acc": acc, "train/acc_smooth": self.acc_smooth, **extra}
+        return StepResult(position, metrics, f"loss {self.loss_smooth:.3f} acc {acc:.2f}")
 
     def rates(self, units: int, seconds: float) -> dict[str, float]:
         rate = units / seconds
@@ -215,9 +272,14 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
                data_root: str | None = None, config_dir: Path | None = None,
                use_wandb: bool | None = None, log_model: bool = False,
                objectives: list[Objective] | None = None, quiet: bool = False) -> RunDir:
-    """Run (or resume) meta-training; returns the run directory."""
-    device, task = start(config, data_root, config_dir, resume)
-    stage = MetaTrainStage(config, task, device, quiet)
-    run = open_run(config, "meta-train", out, resume)
-    return train(stage, config, run, resumed=resume is not None, objectives=objectives,
-                 use_wandb=use_wandb, log_model=log_model, quiet=quiet)
+    """Run (or resume) meta-training; returns the run directory. Under torchrun each
+    process is a rank of one run (fewshot.train.distributed)."""
+    world = init_world(config.train.device)
+    device, task = start(config, data_root, config_dir, resume, world)
+    stage = MetaTrainStage(config, task, device, quiet or not world.main, world)
+    run = open_run(config, "meta-train", out, resume, world)
+    try:
+        return train(stage, config, run, resumed=resume is not None, objectives=objectives,
+                     use_wandb=use_wandb, log_model=log_model, quiet=quiet)
+    finally:
+        close_world(world)

@@ -5,7 +5,18 @@ cues (flips, 90-degree rotations, mild colour jitter; no rescaling), a cosine sc
 AMP and channels_last on CUDA. After each epoch the encoder is scored on 5-way 5-shot
 episodes of the `val` classes (SimpleShot on its features, the validation every stage
 shares) and the best one is kept. The order of images and every augmentation are
-functions of (seed, epoch, step), so a resumed run continues where it stopped.
+functions of (seed, epoch, position in the epoch), so a resumed run continues where it
+stopped.
+
+Under torchrun (fewshot.train.distributed) `train.batch_size` is per rank: a step's global
+batch is the next `batch_size x world size` images of the epoch's seeded order, split
+evenly over the ranks, and DistributedDataParallel averages the gradients (each rank's
+loss weighted by its share, so a short last batch counts as one process would count it).
+An image's augmentation depends on its place in the epoch, not on its rank, so 2 ranks
+take the step 1 process takes on the same global batch, up to float tolerance, for a model
+without batch-norm; batch-norm normalises over each rank's own images (SyncBatchNorm on
+GPUs, where it exists, makes it global). A last step with fewer images than ranks is
+skipped.
 
 The run directory's model is the encoder with a SimpleShot head (nearest centroid on
 features centred on the base mean from `prototypes.safetensors`); the base-class
@@ -26,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.config import Config
-from fewshot.data.augment import augment
+from fewshot.data.augment import DRAWS, augment
 from fewshot.data.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, load_split_images
 from fewshot.data.tasks import SplitData, Task
 from fewshot.features import subsample
@@ -35,6 +46,7 @@ from fewshot.models import build_backbone
 from fewshot.models.weights import load_encoder_weights
 from fewshot.run import RunDir
 from fewshot.schema import ModelMeta
+from fewshot.train.distributed import SINGLE, World, close_world, init_world
 from fewshot.train.loop import (
     LoopState,
     Objective,
@@ -75,6 +87,20 @@ def epoch_order(seed: int, epoch: int, size: int, limit: int | None) -> np.ndarr
     return order[:limit] if limit else order
 
 
+def epoch_draws(seed: int, epoch: int, size: int) -> Tensor:
+    """The augmentation uniforms of every place in an epoch, `[size, DRAWS]`."""
+    generator = torch.Generator().manual_seed(
+        int(np.random.default_rng([seed, epoch, 11]).integers(2**62)))
+    return torch.rand(size, DRAWS, generator=generator)
+
+
+def rank_slice(count: int, world: int, rank: int) -> slice:
+    """Rank `rank`'s part of a global batch of `count` images: even parts, in order."""
+    base, extra = divmod(count, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
 def load_val(task: Task, image_size: int, seed: int, cache: dict[str, Any]
              ) -> tuple[Tensor, SplitData] | None:
     """A seeded subset of the val split (at most VAL_PER_CLASS images a class), or None."""
@@ -93,9 +119,10 @@ class PretrainStage(Stage):
     kind, unit = "pretrain", "epoch"
 
     def __init__(self, config: Config, task: Task, device: torch.device, resuming: bool,
-                 quiet: bool) -> None:
+                 quiet: bool, world: World = SINGLE) -> None:
         t = config.train
         self.config, self.task, self.device, self.t = config, task, device, t
+        self.world = world
         self.image_size = config.data.image_size or task.image_size
         cache = cache_options(config, quiet)
         self.images, self.base = load_split_images(task, "base", self.image_size, **cache)
@@ -105,13 +132,25 @@ class PretrainStage(Stage):
                                  **config.model.backbone_args)
         if config.model.weights and not resuming:
             load_encoder_weights(encoder, config.model.weights, config.model.backbone, quiet)
-        self.model = Classifier(encoder, len(self.base.classes)).to(device)
+        model = Classifier(encoder, len(self.base.classes))
+        if world.distributed and device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(device)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
             self.images, self.labels = self.images.to(device), self.labels.to(device)
+        self.net: nn.Module = self.model
+        if world.distributed:  # rank 0's initial weights on every rank, gradients averaged
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.normalize = Normalize()
-        self.steps_per_epoch = math.ceil(min(t.epoch_size or len(self.images),
-                                             len(self.images)) / t.batch_size)
+        self.epoch_images = min(t.epoch_size or len(self.images), len(self.images))
+        self.global_batch = t.batch_size * world.size
+        steps, tail = divmod(self.epoch_images, self.global_batch)
+        self.steps_per_epoch = steps + (tail >= world.size)  # every rank needs an image
+        self._draws: tuple[int, Tensor] | None = None
         self.total = self.steps_per_epoch * t.epochs
         self.optimizer = make_optimizer(self.model.parameters(), config)
         self.scheduler = make_scheduler(self.optimizer, config, self.total)
@@ -120,31 +159,40 @@ class PretrainStage(Stage):
         self.loss_smooth: float | None = None
 
     # ---- the step ---------------------------------------------------------------------
-    def batches(self, start: int) -> Generator[tuple[int, int, Tensor], None, None]:
-        """(epoch, step, image indices) from position `start` on."""
+    def batches(self, start: int) -> Generator[tuple[int, int, Tensor, Tensor, int], None,
+                                                None]:
+        """(epoch, step, this rank's image indices, their places in the epoch, images in
+        the step on all ranks) from position `start` on."""
         epoch, step = divmod(start, self.steps_per_epoch)
-        size = self.t.batch_size
+        size, world = self.global_batch, self.world
         while epoch < self.t.epochs:
             order = torch.from_numpy(epoch_order(self.t.seed, epoch, len(self.images),
                                                  self.t.epoch_size))
             for s in range(step, self.steps_per_epoch):
-                yield epoch, s, order[s * size:(s + 1) * size].to(self.images.device)
+                places = torch.arange(s * size, min((s + 1) * size, len(order)))
+                mine = places[rank_slice(len(places), world.size, world.rank)]
+                yield epoch, s, order[mine].to(self.images.device), mine, len(places)
             epoch, step = epoch + 1, 0
 
-    def step(self, batch: tuple[int, int, Tensor]) -> StepResult:
-        epoch, step, index = batch
-        generator = torch.Generator().manual_seed(
-            int(np.random.default_rng([self.t.seed, epoch, step]).integers(2**62)))
+    def draws(self, epoch: int) -> Tensor:
+        if self._draws is None or self._draws[0] != epoch:
+            self._draws = (epoch, epoch_draws(self.t.seed, epoch, self.epoch_images))
+        return self._draws[1]
+
+    def step(self, batch: tuple[int, int, Tensor, Tensor, int]) -> StepResult:
+        epoch, step, index, places, count = batch
         images = self.normalize(self.images[index])
         if self.t.augment:
-            images = augment(images, generator=generator)
+            images = augment(images, draws=self.draws(epoch)[places])
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            loss = F.cross_entropy(self.model(images), self.labels[index],
+            loss = F.cross_entropy(self.net(images), self.labels[index],
                                    label_smoothing=self.t.label_smoothing)
-        self.backward(loss)
-        value = loss.item()
+        # DDP averages over ranks: weight each rank's mean by its share of the global batch
+        share = len(index) * self.world.size / count
+        self.backward(loss * share if share != 1.0 else loss)
+        value = self.world.sum([loss.item() * len(index)])[0] / count
         self.loss_smooth = value if self.loss_smooth is None else \
             0.95 * self.loss_smooth + 0.05 * value
         return StepResult(epoch * self.steps_per_epoch + step + 1,
@@ -159,7 +207,7 @@ class PretrainStage(Stage):
         self.scaler.update()
 
     def rates(self, units: int, seconds: float) -> dict[str, float]:
-        return {"train/images_per_s": units * self.t.batch_size / seconds}
+        return {"train/images_per_s": units * self.global_batch / seconds}
 
     # ---- validation and the run's model -----------------------------------------------
     def count(self, position: int) -> int:
@@ -209,9 +257,19 @@ class PretrainStage(Stage):
                                             self.normalize, self.device, PROTOTYPES_PER_CLASS))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scaler": self.scaler.state_dict()}
+        return {"scaler": self.scaler.state_dict(), "world_size": self.world.size}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Positions count steps of `batch_size x world size` images, so a pretrain run
+        resumes at the world size it ran at."""
+        ran_at = int(saved.get("world_size", 1))
+        if ran_at != self.world.size:
+            from fewshot.errors import UsageError
+
+            raise UsageError(f"this pretrain run ran on {ran_at} process(es), not "
+                             f"{self.world.size}", "--resume",
+                             f"resume it with torchrun --nproc_per_node={ran_at} (or as one "
+                             "process when 1)")
         self.scaler.load_state_dict(saved["scaler"])
 
 
@@ -219,9 +277,15 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
              data_root: str | None = None, config_dir: Path | None = None,
              use_wandb: bool | None = None, log_model: bool = False,
              objectives: list[Objective] | None = None, quiet: bool = False) -> RunDir:
-    """Run (or resume) supervised pretraining; returns the run directory."""
-    device, task = start(config, data_root, config_dir, resume)
-    stage = PretrainStage(config, task, device, resume is not None, quiet)
-    run = open_run(config, "pretrain", out, resume)
-    return train(stage, config, run, resumed=resume is not None, objectives=objectives,
-                 use_wandb=use_wandb, log_model=log_model, quiet=quiet)
+    """Run (or resume) supervised pretraining; returns the run directory. Under torchrun
+    each process is a rank of one run (fewshot.train.distributed)."""
+    world = init_world(config.train.device)
+    device, task = start(config, data_root, config_dir, resume, world)
+    stage = PretrainStage(config, task, device, resume is not None, quiet or not world.main,
+                          world)
+    run = open_run(config, "pretrain", out, resume, world)
+    try:
+        return train(stage, config, run, resumed=resume is not None, objectives=objectives,
+                     use_wandb=use_wandb, log_model=log_model, quiet=quiet)
+    finally:
+        close_world(world)

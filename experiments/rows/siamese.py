@@ -1,0 +1,30 @@
+"""Siamese verification on tasks/blood-rare-rbc.yaml: the shipped blood-v1 meta-trained on
+episode pairs (configs/blood-v1-siamese.yaml, 400 episodes) beside ProtoNet meta-trained
+from the same encoder with the same recipe and budget (Meta-Baseline's cosine ProtoNet,
+400 episodes), each model also scored with the other's head, and blood-v1 itself with
+both heads (the siamese head untrained is a scaled cosine to each support image)."""
+
+from rows import Group, Pair, Stage, register
+
+TASK = "tasks/blood-rare-rbc.yaml"
+SIAMESE = Stage("siamese-from-shipped", "meta-train", "configs/blood-v1-siamese.yaml")
+PROTONET = Stage("protonet-from-shipped-400", "meta-train",
+                 "configs/blood-v1-metabaseline.yaml",
+                 sets=["model.weights=blood-v1", "train.episodes=400"])
+
+register(Group(
+    name="siamese", task=TASK, tier="cpu", stages=[SIAMESE, PROTONET],
+    note="pair verification (siamese head) beside ProtoNet, same start, recipe and budget",
+    reference="shipped blood-v1 + ProtoNet meta-trained + protonet",
+    pairs=[Pair("protonet-from-shipped-400", "protonet",
+                "shipped blood-v1 + ProtoNet meta-trained + protonet"),
+           Pair("siamese-from-shipped", "siamese",
+                "shipped blood-v1 + siamese meta-trained + siamese"),
+           Pair("siamese-from-shipped", "protonet:distance=cosine",
+                "shipped blood-v1 + siamese meta-trained + protonet (cosine)"),
+           Pair("siamese-from-shipped", "linear-probe",
+                "shipped blood-v1 + siamese meta-trained + linear probe"),
+           Pair("protonet-from-shipped-400", "linear-probe",
+                "shipped blood-v1 + ProtoNet meta-trained + linear probe"),
+           Pair("blood-v1", "protonet:distance=cosine", "shipped blood-v1 + protonet (cosine)"),
+           Pair("blood-v1", "siamese", "shipped blood-v1 + siamese (untrained pair score)")]))
