@@ -32,6 +32,36 @@ def test_every_episode_of_a_step_goes_to_exactly_one_rank() -> None:
         assert sorted(drawn) == list(range(10, 10 + count))  # no episode twice, none lost
 
 
+def _drift_rank(rank: int, init: str, results) -> None:
+    from fewshot.train.distributed import World, check_in_step
+
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    world = World(rank, 2, rank)
+    try:
+        torch.manual_seed(0)
+        same = torch.nn.Linear(4, 3)
+        check_in_step(same, world)  # equal weights: passes
+        torch.manual_seed(rank)
+        try:
+            check_in_step(torch.nn.Linear(4, 3), world)
+            results.put((rank, "no error"))
+        except RuntimeError as exc:
+            results.put((rank, str(exc)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_whose_weights_drift_apart_are_caught(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    mp.start_processes(_drift_rank, args=(f"file://{tmp_path / 'rendezvous'}", results),
+                       nprocs=2, start_method="spawn")
+    found = dict(results.get() for _ in range(2))
+    assert all("drifted apart" in found[rank] for rank in (0, 1)), found
+
+
 def launch(task: Path, out: Path, ranks: int, *extra: str) -> subprocess.Popen:
     """`torchrun --nproc_per_node=RANKS -m fewshot meta-train ...` (one process: plain)."""
     fewshot = ["-m", "fewshot", "meta-train", "--quiet", "--no-wandb",

@@ -191,9 +191,10 @@ def test_verify_prints_the_cosine_similarity(tiny_run, tmp_path) -> None:
     same = run_cli("verify", str(tiny_run), str(a), str(a), cwd=tmp_path)
     assert same.returncode == 0, same.stderr
     assert same.stdout.strip() == "similarity: 1.00"
-    from fewshot.verify import similarity
+    from fewshot.verify import verify
 
-    close, far = similarity(tiny_run, a, b), similarity(tiny_run, a, c)
+    (what, close), (_, far) = verify(tiny_run, a, b), verify(tiny_run, a, c)
+    assert what == "similarity"  # a protonet run: cosine, not a probability
     assert -1 <= far < close < 1  # same colour class closer than another class
     missing = run_cli("verify", str(tiny_run), str(a), str(tmp_path / "nope.png"),
                       cwd=tmp_path)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ class World:
         if not self.distributed:
             grads = [p.grad for p in params if p.grad is not None]
             if grads and scale != 1.0:
-                torch._foreach_mul_(grads, scale)
+                for g in grads:
+                    g.mul_(scale)
             return
         device = self.device_for_collectives()
         has = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8,
@@ -148,10 +149,19 @@ def episode_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63))
 
 
-def same_on_all_ranks(tensor: Tensor, world: World) -> bool:
-    """True when every rank holds the same values (a check for tests and debugging)."""
+def check_in_step(module: nn.Module, world: World) -> None:
+    """Raise when the ranks' parameters differ (a checksum a rank, compared on all): they
+    take the same update from the same start, so a difference is a bug, not noise."""
     if not world.distributed:
-        return True
-    gathered = [torch.empty_like(tensor) for _ in range(world.size)]
-    torch.distributed.all_gather(gathered, tensor.contiguous())
-    return all(torch.equal(gathered[0], g) for g in gathered[1:])
+        return
+    with torch.no_grad():
+        flat = [p.detach().double().reshape(-1) for p in module.parameters()]
+        values = torch.cat(flat) if flat else torch.zeros(1, dtype=torch.float64)
+        mine = torch.stack([values.sum(), values.square().sum(),
+                            (values * torch.arange(len(values), dtype=torch.float64)).sum()])
+    mine = mine.to(world.device_for_collectives())
+    gathered = [torch.empty_like(mine) for _ in range(world.size)]
+    torch.distributed.all_gather(gathered, mine)
+    if any(not torch.equal(gathered[0], g) for g in gathered[1:]):
+        sums = [g.tolist() for g in gathered]
+        raise RuntimeError(f"rank parameters drifted apart (checksums {sums})")

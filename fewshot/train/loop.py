@@ -20,7 +20,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -39,7 +39,7 @@ from fewshot.progress import PlainProgress, console, make_progress
 from fewshot.run import RunDir, restore_training, rng_state
 from fewshot.schema import BASE_FEATURES_PER_CLASS, ModelMeta, Prototypes
 from fewshot.tracking import Tracker
-from fewshot.train.distributed import SINGLE, World
+from fewshot.train.distributed import SINGLE, World, check_in_step
 from fewshot.train.validate import Validation, log_validation
 
 
@@ -293,6 +293,26 @@ def open_run(config: Config, name: str, out: str | Path | None, resume: RunDir |
     return run if world.main else RunDir(Path(path))
 
 
+def run_stage(config: Config, name: str,
+              build: Callable[[Task, torch.device, bool, World], Stage], *,
+              out: str | Path | None, resume: RunDir | None, data_root: str | None,
+              config_dir: Path | None, use_wandb: bool | None, log_model: bool,
+              objectives: list[Objective] | None, quiet: bool) -> RunDir:
+    """What a stage's entry point does: join the torchrun world (if any), start, build the
+    stage (`build(task, device, quiet, world)`), open the run folder and train."""
+    from fewshot.train.distributed import close_world, init_world
+
+    world = init_world(config.train.device)
+    device, task = start(config, data_root, config_dir, resume, world)
+    stage = build(task, device, quiet or not world.main, world)
+    run = open_run(config, name, out, resume, world)
+    try:
+        return train(stage, config, run, resumed=resume is not None, objectives=objectives,
+                     use_wandb=use_wandb, log_model=log_model, quiet=quiet)
+    finally:
+        close_world(world)
+
+
 def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
           objectives: list[Objective] | None = None, use_wandb: bool | None = None,
           log_model: bool = False, quiet: bool = False) -> RunDir:
@@ -419,6 +439,7 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
     if not state.stopped_early and (last != stage.count(state.position)
                                     or not stage.has_validation()):
         validate()
+    check_in_step(stage.model, world)  # the ranks ended with the same weights
     checkpoint()
     world.barrier()  # rank 0's best model is on disk
     stage.load_best(run.load_weights())  # the best model describes the run

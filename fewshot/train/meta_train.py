@@ -34,13 +34,7 @@ from fewshot.methods import FewShotHead, build_head, select_options
 from fewshot.models import build_backbone
 from fewshot.run import RunDir
 from fewshot.schema import ModelMeta
-from fewshot.train.distributed import (
-    SINGLE,
-    World,
-    close_world,
-    episode_generator,
-    init_world,
-)
+from fewshot.train.distributed import SINGLE, World, episode_generator
 from fewshot.train.loop import (
     LoopState,
     Objective,
@@ -51,9 +45,7 @@ from fewshot.train.loop import (
     crossed,
     make_optimizer,
     make_scheduler,
-    open_run,
-    start,
-    train,
+    run_stage,
 )
 from fewshot.train.task_workers import TaskWorkers, task_processes
 from fewshot.train.validate import VAL_SEED_OFFSET, Validation, run_validation
@@ -274,12 +266,9 @@ def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir 
                objectives: list[Objective] | None = None, quiet: bool = False) -> RunDir:
     """Run (or resume) meta-training; returns the run directory. Under torchrun each
     process is a rank of one run (fewshot.train.distributed)."""
-    world = init_world(config.train.device)
-    device, task = start(config, data_root, config_dir, resume, world)
-    stage = MetaTrainStage(config, task, device, quiet or not world.main, world)
-    run = open_run(config, "meta-train", out, resume, world)
-    try:
-        return train(stage, config, run, resumed=resume is not None, objectives=objectives,
-                     use_wandb=use_wandb, log_model=log_model, quiet=quiet)
-    finally:
-        close_world(world)
+    return run_stage(config, "meta-train",
+                     lambda task, device, quiet, world: MetaTrainStage(config, task, device,
+                                                                       quiet, world),
+                     out=out, resume=resume, data_root=data_root, config_dir=config_dir,
+                     use_wandb=use_wandb, log_model=log_model, objectives=objectives,
+                     quiet=quiet)

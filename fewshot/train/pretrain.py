@@ -46,7 +46,7 @@ from fewshot.models import build_backbone
 from fewshot.models.weights import load_encoder_weights
 from fewshot.run import RunDir
 from fewshot.schema import ModelMeta
-from fewshot.train.distributed import SINGLE, World, close_world, init_world
+from fewshot.train.distributed import SINGLE, World
 from fewshot.train.loop import (
     LoopState,
     Objective,
@@ -57,9 +57,7 @@ from fewshot.train.loop import (
     crossed,
     make_optimizer,
     make_scheduler,
-    open_run,
-    start,
-    train,
+    run_stage,
 )
 from fewshot.train.validate import VAL_SEED_OFFSET, Validation, run_validation
 
@@ -279,13 +277,9 @@ def pretrain(config: Config, *, out: str | Path | None = None, resume: RunDir | 
              objectives: list[Objective] | None = None, quiet: bool = False) -> RunDir:
     """Run (or resume) supervised pretraining; returns the run directory. Under torchrun
     each process is a rank of one run (fewshot.train.distributed)."""
-    world = init_world(config.train.device)
-    device, task = start(config, data_root, config_dir, resume, world)
-    stage = PretrainStage(config, task, device, resume is not None, quiet or not world.main,
-                          world)
-    run = open_run(config, "pretrain", out, resume, world)
-    try:
-        return train(stage, config, run, resumed=resume is not None, objectives=objectives,
-                     use_wandb=use_wandb, log_model=log_model, quiet=quiet)
-    finally:
-        close_world(world)
+    return run_stage(config, "pretrain",
+                     lambda task, device, quiet, world: PretrainStage(
+                         config, task, device, resume is not None, quiet, world),
+                     out=out, resume=resume, data_root=data_root, config_dir=config_dir,
+                     use_wandb=use_wandb, log_model=log_model, objectives=objectives,
+                     quiet=quiet)
