@@ -238,16 +238,15 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     transform = model_transform(meta)
     extra = base_prototypes if keep_base else None
     cv_record = None
+    folds = fold_count(labels) if calibrate else 0
     if cv:  # the chosen head's out-of-fold logits are also its calibration folds
         cv_record, method, options, head, cv_logits, base_view = cross_validate(
             base, selection, labels, seed, transform, dev, extra, keep_base)
-        folds = fold_count(labels) if calibrate else 0
         out_of_fold = cv_logits if folds else None
     else:
         head.to(dev)
         # the base encoder's view of the support, before any fitting changes the encoder
         base_view = embed(head.encoder, selection.support_images, transform, dev)
-        folds = fold_count(labels) if calibrate else 0
         out_of_fold = (calibration_folds(head, method, options, selection.support_images,
                                          base_view, labels, folds, seed, transform, dev, extra)
                        if folds else None)

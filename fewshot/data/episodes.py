@@ -40,13 +40,14 @@ class Episode:
 
     def query_labels(self, queries: int) -> np.ndarray:
         """Episode labels of the query set (class-major)."""
-        counts = self.query_counts or (queries,) * len(self.classes)
-        return np.repeat(np.arange(len(self.classes)), counts)
+        return self._labels(self.query_counts, queries)
 
     def support_labels(self, shots: int) -> np.ndarray:
         """Episode labels of the support set (class-major)."""
-        counts = self.support_counts or (shots,) * len(self.classes)
-        return np.repeat(np.arange(len(self.classes)), counts)
+        return self._labels(self.support_counts, shots)
+
+    def _labels(self, counts: tuple[int, ...] | None, each: int) -> np.ndarray:
+        return np.repeat(np.arange(len(self.classes)), counts or (each,) * len(self.classes))
 
 
 Shots = int | tuple[int, int] | list[int]

@@ -45,16 +45,17 @@ class Siamese(FewShotHead):
     def embed(self, images: Tensor) -> Tensor:
         return F.normalize(self.encoder(images), dim=-1)
 
+    def logit(self, squared_difference: Tensor) -> Tensor:
+        """Same-finding logit of pairs from their features' squared difference `[..., D]`."""
+        return self.bias - squared_difference @ F.softplus(self.raw_weight)
+
     def pair_logits(self, a: Tensor, b: Tensor) -> Tensor:
         """`[len(a), len(b)]` same-finding logits of embedded images."""
-        weight = F.softplus(self.raw_weight)
-        squared = (a[:, None, :] - b[None, :, :]).pow(2)
-        return self.bias - squared @ weight
+        return self.logit((a[:, None, :] - b[None, :, :]).pow(2))
 
     def same_probability(self, image_a: Tensor, image_b: Tensor) -> Tensor:
         """Probability that each image of `image_a` shows the finding of its `image_b`."""
-        a, b = self.embed(image_a), self.embed(image_b)
-        return torch.sigmoid(self.bias - (a - b).pow(2) @ F.softplus(self.raw_weight))
+        return torch.sigmoid(self.logit((self.embed(image_a) - self.embed(image_b)).pow(2)))
 
     def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
         self.support_features = self.embed(support)

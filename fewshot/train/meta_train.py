@@ -127,7 +127,7 @@ class MetaTrainStage(Stage):
         self.normalize = Normalize()
         self.sampler = EpisodeSampler(self.base.labels, t.ways, t.shots, t.queries,
                                       episodes=t.episodes, seed=t.seed,
-                                      tasks_per_batch=t.meta_batch, groups=self.base.groups,
+                                      groups=self.base.groups,
                                       class_names=self.base.classes)
         self.total, self.units_per_step = t.episodes, t.meta_batch * world.size
         self.optimizer = make_optimizer(self.head.parameters(), config)
@@ -145,7 +145,6 @@ class MetaTrainStage(Stage):
                                                 None]:
         """(first episode of the step, episodes in the step on all ranks, this rank's
         part of them, or None when the step's tail leaves this rank none)."""
-        self.sampler.start = start
         processes = 1 if self.world.distributed else task_processes(
             self.head, self.device, self.t.meta_batch, self.t.task_processes)
         workers = TaskWorkers(self.head, processes) if processes > 1 else None
