@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fewshot.alignment import align_head
 from fewshot.assembly import load_model, model_transform
 from fewshot.calibration import fit_temperature, fold_count, out_of_fold_logits, record
 from fewshot.data.files import load_many, sha256_file, try_load
@@ -170,14 +171,16 @@ class BaseModel:
     def adapt(self, folder: str | Path, shots: int = 5, method: str | None = None,
               seed: int = 0, keep_base: bool = False, out: str | Path | None = None,
               score: bool = True, device: str = "cpu", quiet: bool = True,
-              calibrate: bool = True, cv: bool = False):
+              calibrate: bool = True, cv: bool = False,
+              unlabeled: list[str | Path] | None = None):
         """Adapt to the classes of `folder`; written to `out` when given. `method` is a
         head name, with options as `NAME:KEY=VALUE[,KEY=VALUE]`; `calibrate=False` keeps
         the head's raw softmax (temperature 1); `cv=True` chooses the method by k-fold
-        over the support set instead (fewshot.cross_validation)."""
+        over the support set instead (fewshot.cross_validation); `unlabeled` (folders of
+        the new domain's images) aligns the encoder to them first (fewshot.alignment)."""
         adapted = adapt_folder(self, folder, shots=shots, method=method, seed=seed,
                                keep_base=keep_base, score=score, device=device, quiet=quiet,
-                               calibrate=calibrate, cv=cv)
+                               calibrate=calibrate, cv=cv, unlabeled=unlabeled)
         if out is not None:
             adapted.save(out)
         return adapted
@@ -198,10 +201,12 @@ def build_for_adapt(base: BaseModel, method: str, seed: int, options: dict[str, 
 def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | None = None,
                  seed: int = 0, keep_base: bool = False, score: bool = True,
                  device: str = "cpu", quiet: bool = True, calibrate: bool = True,
-                 cv: bool = False):
+                 cv: bool = False, unlabeled: list[str | Path] | None = None):
     """Adapt `base` to the classes of `folder` (see the module docstring); `cv` chooses
-    the method by cross-validation over the support set (fewshot.cross_validation)."""
+    the method by cross-validation over the support set (fewshot.cross_validation);
+    `unlabeled` aligns the encoder to those images before it sees the support set."""
     from fewshot.adapted import Adapted
+    from fewshot.data.unlabeled import find_unlabeled, refuse_overlap
 
     meta = base.meta
     dev = pick_device(device)
@@ -209,6 +214,9 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     if cv and method is not None:
         raise UsageError("--cv chooses the method itself", "--method",
                          "drop --method, or drop --cv")
+    if cv and unlabeled:
+        raise UsageError("--cv does not yet align its candidates to unlabeled images",
+                         "--unlabeled", "drop --cv and pick the method, or drop --unlabeled")
     if not cv:
         # an unknown method or option is exit 2 before any image is read
         method, options = parse_head_spec(method or default_method(meta), "method")
@@ -238,6 +246,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     transform = model_transform(meta)
     extra = base_prototypes if keep_base else None
     cv_record = None
+    found, alignment = None, None
     folds = fold_count(labels) if calibrate else 0
     if cv:  # the chosen head's out-of-fold logits are also its calibration folds
         cv_record, method, options, head, cv_logits, base_view = cross_validate(
@@ -245,6 +254,12 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
         out_of_fold = cv_logits if folds else None
     else:
         head.to(dev)
+        if unlabeled:  # before the encoder sees any support image
+            found = find_unlabeled(unlabeled, quiet)
+            refuse_overlap(found, [p for p, _ in selection.support + selection.heldout],
+                           f"the adapt folder {selection.root}", quiet=quiet)
+            alignment = {"folders": [str(f) for f in found.folders],
+                         **align_head(head, found.images(size, quiet), transform, dev, quiet)}
         # the base encoder's view of the support, before any fitting changes the encoder
         base_view = embed(head.encoder, selection.support_images, transform, dev)
         out_of_fold = (calibration_folds(head, method, options, selection.support_images,
@@ -258,6 +273,9 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     )
     adapted.provenance = provenance(base, selection, shots, seed, keep_base, base_names)
     adapted.provenance["cv"] = cv_record
+    if found is not None:
+        adapted.provenance["unlabeled"] = found.records()
+        adapted.provenance["alignment"] = alignment
     adapted.selection = selection  # for an ensemble's scoring; not saved
     heldout = score_heldout(adapted, selection, len(selection.classes), quiet) if score \
         else None
@@ -293,7 +311,7 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
                   quiet: bool, use_wandb: bool = True, wandb_options: dict | None = None,
                   calibrate: bool = True,
                   ensemble: list[tuple[Path | RunDir, str | None]] | None = None,
-                  cv: bool = False) -> Path:
+                  cv: bool = False, unlabeled: list[Path] | None = None) -> Path:
     """`fewshot adapt`: adapt, write the adapted folder, print what was measured.
     `ensemble`: several (model, method) pairs adapted into one averaged model."""
     from fewshot.progress import console
@@ -303,6 +321,9 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
         if cv:
             raise UsageError("--cv adapts one model", "--cv",
                              "give one --model, or drop --cv")
+        if unlabeled:
+            raise UsageError("--unlabeled aligns one model", "--unlabeled",
+                             "give one --model, or drop --unlabeled")
         return ensemble_command(folder, shots, ensemble, target, seed, keep_base, device,
                                 quiet, calibrate)
     base = BaseModel(model)
@@ -310,7 +331,7 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
           f"{base.meta.backbone})", flush=True)
     adapted = adapt_folder(base, folder, shots=shots, method=method, seed=seed,
                            keep_base=keep_base, device=device, quiet=quiet, calibrate=calibrate,
-                           cv=cv)
+                           cv=cv, unlabeled=unlabeled)
     adapted.save(target)
     m = adapted.metrics
     if not quiet:

@@ -60,6 +60,9 @@ ResumeOpt = Annotated[str | None, _opt(
     help="Continue a run from its checkpoint (default runs/latest).")]
 DataRootOpt = Annotated[str | None, _opt("--data-root", envvar="FEWSHOT_DATA", metavar="DIR",
                                          help="Root of the task's datasets.")]
+UnlabeledOpt = Annotated[list[Path] | None, _opt(
+    "--unlabeled", metavar="DIR", help="Unlabeled images of the target domain, any layout "
+    "(repeatable); never images of the evaluated split (checked).")]
 DeviceOpt = Annotated[str | None, _opt("--device", metavar="NAME", help="auto, cpu, cuda or mps.")]
 SeedOpt = Annotated[int | None, _opt("--seed", metavar="S", help="Random seed.")]
 WandbOpt = Annotated[bool | None, _opt("--wandb/--no-wandb",
@@ -348,6 +351,7 @@ def evaluate_cmd(
     plot: Annotated[Path | None, _opt("--plot", metavar="FILE", help="Draw accuracy with CIs "
                                       "and the paired differences into a PNG (needs "
                                       "matplotlib: fewshot[plots]).")] = None,
+    unlabeled: UnlabeledOpt = None,
     data_root: DataRootOpt = None, device: DeviceOpt = None, wandb: WandbOpt = None,
     wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
     run_name: RunNameOpt = None, log_model: LogModelOpt = False, quiet: Quiet = False,
@@ -385,7 +389,7 @@ def evaluate_cmd(
                       data_root=data_root, device=device or "auto", slow_episodes=slow_episodes,
                       max_per_class=max_per_class, quiet=quiet, query_imbalance=query_imbalance,
                       relative_to=config.parent if config is not None else None,
-                      ensemble=ensemble)
+                      ensemble=ensemble, unlabeled=unlabeled)
     wide = Console(highlight=False, width=max(screen.width, 140))  # whole numbers in pipes
     wide.print(results_table(result))
     if not quiet:
@@ -431,6 +435,7 @@ def adapt_cmd(
                   ] = False,
     device: Annotated[str, typer.Option("--device", metavar="NAME",
                                         help="auto, cpu, cuda or mps.")] = "auto",
+    unlabeled: UnlabeledOpt = None,
     wandb: WandbOpt = None, wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
     run_name: RunNameOpt = None,
     log_model: Annotated[bool, _opt("--log-model", help="Log the adapted folder (without "
@@ -457,6 +462,7 @@ def adapt_cmd(
                   keep_base=keep_base, device=device, quiet=quiet,
                   ensemble=pairs if len(pairs) > 1 else None,
                   use_wandb=wandb is not False, calibrate=calibrate, cv=cv,
+                  unlabeled=unlabeled,
                   wandb_options={"log_model": log_model,
                                  **wandb_names(wandb_project, wandb_entity, run_name)})
 

@@ -18,6 +18,11 @@ see, and their paired differences use those episodes.
 centre on the mean feature of a seeded subset of the task's base images. `max_per_class`
 draws the episodes from a seeded pool of at most that many images per class (bounded
 CPU runs; recorded in the JSON).
+
+`--unlabeled DIR` aligns every encoder to unlabeled images of the test domain before any
+episode (fewshot.alignment: batch-norm statistics and the centring mean re-estimated on
+them), as `adapt --unlabeled` does; they must share no image with the evaluated pool
+(path, content, near-duplicate), and the JSON records them.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fewshot.alignment import align_head
 from fewshot.assembly import load_model, model_transform
 from fewshot.data.episodes import EpisodeSampler, Shots, check_shots, parse_shots, shots_json
 from fewshot.data.images import Normalize, decode_all, load_split_images
 from fewshot.data.tasks import SplitData, Task, load_task
+from fewshot.data.unlabeled import ANALYSIS_SIZE, Unlabeled, find_unlabeled, refuse_overlap
 from fewshot.device import pick_device
 from fewshot.errors import UsageError
 from fewshot.features import embed, subsample
@@ -66,6 +73,10 @@ class Candidate:
     members: list[int] = field(default_factory=list)
     """For the `--ensemble` row: the indices of the pairs it averages."""
     member_protocols: list[str] = field(default_factory=list)
+    key: str = ""
+    """Of its features in the `Models` cache (the model, and the unlabeled images it was
+    aligned to)."""
+    alignment: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -105,6 +116,20 @@ class Models:
         self.images: dict[int, tuple[Tensor, Any]] = {}
         self.features: dict[str, Tensor] = {}
         self.base_features: dict[str, Tensor | None] = {}
+        self.checked: set[str] = set()
+        """Digests of unlabeled sets already checked against the pool."""
+
+    def check_unlabeled(self, unlabeled: Unlabeled) -> str:
+        """Refuse unlabeled images that are in the evaluated pool; their digest."""
+        import hashlib
+
+        digest = hashlib.sha256("".join(sorted(unlabeled.hashes)).encode()).hexdigest()[:16]
+        if digest not in self.checked:
+            images, data = self.split_images(ANALYSIS_SIZE)
+            refuse_overlap(unlabeled, data.paths, f"the evaluated split ({self.split})",
+                           measured_images=images, quiet=self.quiet)
+            self.checked.add(digest)
+        return digest
 
     def split_images(self, size: int) -> tuple[Tensor, Any]:
         if size not in self.images:
@@ -165,7 +190,8 @@ class Models:
         if spec not in self.features:
             images, _ = self.split_images(size)
             self.features[spec] = embed(encoder, images, normalize, self.device,
-                                        quiet=self.quiet, description=f"embedding {spec}")
+                                        quiet=self.quiet, description="embedding "
+                                        + spec.split("|")[0])
         return self.features[spec].to(self.device)
 
 
@@ -176,13 +202,15 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
              slow_episodes: int | None = None, head_options: dict[str, Any] | None = None,
              max_per_class: int | None = None, cache: Models | None = None,
              relative_to: Path | None = None, query_imbalance: float | None = None,
-             ensemble: bool = False, quiet: bool = False) -> dict[str, Any]:
+             ensemble: bool = False, unlabeled: list[str | Path] | None = None,
+             quiet: bool = False) -> dict[str, Any]:
     """Score every (model, head) pair on the same seeded episodes; returns the JSON dict.
 
     `cache` (a `Models` of the same task, split, seed and pool) reuses features across
     calls, e.g. 1-shot and 5-shot on one embedding. `ensemble` adds a last row that
     scores the mean of every pair's softmax probabilities (on the episodes all pairs
-    have), paired against the reference and against each pair it averages."""
+    have), paired against the reference and against each pair it averages. `unlabeled`
+    (folders) aligns every encoder to those images first (fewshot.alignment)."""
     from fewshot.version import __version__
 
     if split not in ("base", "val", "novel"):
@@ -195,15 +223,23 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         cache = Models(load_task(task, data_root, relative_to=relative_to), split, seed, dev,
                        quiet, max_per_class)
     loaded = cache.task
+    found = find_unlabeled(unlabeled, quiet) if unlabeled else None
+    digest = cache.check_unlabeled(found) if found else None
     if slow_episodes is None:
         slow_episodes = episodes if dev.type == "cuda" else SLOW_EPISODES_CPU
     candidates: list[Candidate] = []
     for spec, (head_name, options) in pairs:
         context = {"seed": seed, **(head_options or {})}
         head, size, normalize = cache.build(spec, head_name, context, options)
+        alignment = None
+        if found:
+            alignment = align_head(head, found.images(size, quiet), normalize, cache.device,
+                                   quiet)
         count = episodes if head.feature_based else min(episodes, slow_episodes)
         label = head.name + "".join(f":{k}={v}" for k, v in options.items())
-        candidates.append(Candidate(spec, label, head, size, normalize, count))
+        key = spec if found is None else f"{spec}|unlabeled:{digest}"
+        candidates.append(Candidate(spec, label, head, size, normalize, count, key=key,
+                                    alignment=alignment))
         if count < episodes and not quiet:
             console.print(f"note: {head.name} re-runs the encoder every step, so it is scored "
                           f"on the first {count} of the {episodes} episodes (--slow-episodes)")
@@ -221,7 +257,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
     for i, c in enumerate(candidates):
         if c.head.feature_based and not c.members:  # embed once per model; the head then
             # sees features only
-            features[i] = cache.split_features(c.model, c.head.encoder, c.image_size,
+            features[i] = cache.split_features(c.key, c.head.encoder, c.image_size,
                                                c.normalize)
     progress = make_progress(quiet)
     plain = PlainProgress("evaluate", episodes, quiet=quiet or not progress.disable)
@@ -252,6 +288,9 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         "queries": sampler.queries, "episodes": episodes, "seed": seed,
         "protocol": overall_protocol(candidates), "max_per_class": max_per_class,
         "query_imbalance": query_imbalance,
+        "unlabeled": None if found is None else {
+            "folders": [str(f) for f in found.folders], "images": len(found.paths),
+            "sha256": digest},
         "results": [summarise(c) for c in candidates],
         "paired": [paired(candidates[0], c) for c in candidates[1:]]
         + [paired(candidates[m], c) for c in candidates if c.members for m in c.members[1:]],
@@ -302,6 +341,8 @@ def record(c: Candidate, metrics: dict[str, Any], names: list[str]) -> None:
 def summarise(c: Candidate) -> dict[str, Any]:
     out: dict[str, Any] = {"model": c.model, "head": c.head_name, "protocol": c.protocol,
                            "episodes": len(c.accuracy)}
+    if c.alignment is not None:
+        out["alignment"] = c.alignment
     for key in ("accuracy", "macro_f1", "balanced_accuracy", "auroc"):
         mean, ci = mean_ci(np.asarray(getattr(c, key)))
         out[key] = {"mean": mean, "ci95": ci}

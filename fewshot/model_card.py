@@ -106,7 +106,9 @@ def model_options(doc: dict[str, Any]) -> str:
     if members:
         return "".join(f" --model {m['base_model']} --method {m['method']}" for m in members)
     model = f" --model {(doc.get('base_model') or {}).get('path')}"
-    return model + (" --cv" if doc.get("cv") else f" --method {doc['method']}")
+    unlabeled = "".join(f" --unlabeled {f}"
+                        for f in (doc.get("alignment") or {}).get("folders", []))
+    return model + (" --cv" if doc.get("cv") else f" --method {doc['method']}") + unlabeled
 
 
 def ensemble_section(doc: dict[str, Any]) -> list[str]:
@@ -182,6 +184,15 @@ def render_card(doc: dict[str, Any]) -> str:
     if skipped:
         lines += ["", f"{len(skipped)} file(s) could not be read and were skipped "
                   "(listed in adapted.json)."]
+    if doc.get("alignment"):
+        a = doc["alignment"]
+        lines += ["", f"Aligned to {a['images']} unlabeled images of the new domain "
+                  "(listed with their sha256 in adapted.json) before the support set was "
+                  f"seen: batch-norm statistics of {a['batchnorm_layers']} layers "
+                  "re-estimated on them" + (", features centred on their mean feature"
+                                            if a["centred"] else "") + ". None of them is "
+                  "an image of the adapt folder (checked by path, content and "
+                  "near-duplicate search)."]
     if doc.get("cv"):
         lines += ["", "## Choice of method", ""] + cv_section(doc["cv"])
     lines += ["", "## Metrics", ""] + metrics_section(doc.get("metrics", {}))

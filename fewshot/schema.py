@@ -94,6 +94,22 @@ class SupportFile(Document):
     sha256: str
 
 
+class UnlabeledFile(Document):
+    path: str
+    sha256: str
+
+
+class Alignment(Document):
+    """Test-time alignment to unlabeled images of the new domain (fewshot.alignment)."""
+
+    folders: list[str] = Field(min_length=1)
+    images: int = Field(ge=1)
+    batchnorm_layers: int = Field(ge=0)
+    """Batch-norm layers whose statistics were re-estimated on the unlabeled images."""
+    centred: bool
+    """The head's centring mean is the unlabeled images' mean feature."""
+
+
 class SkippedFile(Document):
     path: str
     reason: str
@@ -176,6 +192,9 @@ class AdaptedMeta(Document):
     calibration: Calibration | None = None
     domain: DomainCheck | None = None
     cv: CrossValidated | None = None
+    unlabeled: list[UnlabeledFile] = Field(default_factory=list)
+    """`adapt --unlabeled`: the images the encoder was aligned to (`alignment`)."""
+    alignment: Alignment | None = None
     members: list[str] = Field(default_factory=list)
     """An ensemble's member folders (`members/<i>`, each an adapted folder of its own);
     the ensemble averages their calibrated probabilities. Empty for a single model."""

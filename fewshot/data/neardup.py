@@ -217,3 +217,31 @@ def find_near_duplicates(images: Tensor, max_shift: int = 8, neighbours: int = 1
         found = confirm(images, pairs, max_shift, threshold,
                         progress=lambda n: bar.advance(task, n))
     return found
+
+
+def cross_near_duplicates(first: Tensor, second: Tensor, max_shift: int = 8,
+                          neighbours: int = 5, threshold: float = 0.05,
+                          chunk: int = 2048) -> list[NearDuplicate]:
+    """Near-duplicates between two sets of uint8 images (same size): `first` indexes
+    `first`, `second` indexes `second`. Each image's nearest neighbours in the other set
+    are the candidates, in both directions, so the cost grows with len(first) x
+    len(second) products, not with the pairs inside either set."""
+    if not len(first) or not len(second):
+        return []
+    if first.shape[-1] < 2 * max_shift + 8:
+        raise ValueError(f"images of {first.shape[-1]} px are too small for shifts of "
+                         f"{max_shift} px")
+    da, db = descriptors(first), descriptors(second)
+    found = []
+    for query, keys, swap in ((da, db, False), (db, da, True)):
+        k = min(neighbours, len(keys))
+        for start in range(0, len(query), chunk):
+            top = (query[start:start + chunk] @ keys.T).topk(k, dim=1).indices
+            rows = torch.arange(start, start + len(top))[:, None].expand_as(top)
+            pair = torch.stack([top.reshape(-1), rows.reshape(-1)] if swap
+                               else [rows.reshape(-1), top.reshape(-1)], 1)
+            found.append(pair)
+    pairs = np.unique(torch.cat(found).numpy(), axis=0)
+    pairs[:, 1] += len(first)  # indices into the two sets stacked
+    out = confirm(torch.cat([first, second]), pairs, max_shift, threshold)
+    return [NearDuplicate(d.first, d.second - len(first), d.difference, d.shift) for d in out]

@@ -1,0 +1,67 @@
+"""Test-time alignment to a new image domain from unlabeled images of it.
+
+An encoder trained on one domain (white cells, one stain, one scanner) normalises every
+layer with that domain's batch-norm statistics; on another domain the activations are
+shifted and scaled away from them, and the features collapse. Re-estimating the
+statistics on unlabeled images of the new domain (AdaBN, Li et al. 2016) and centring the
+features on those images' mean, instead of the base classes' mean, removes the first- and
+second-order shift at no training cost. `adapt --unlabeled` and `evaluate --unlabeled`
+apply it to the encoder before any support image is seen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fewshot.data.images import Normalize
+from fewshot.features import embed
+from fewshot.methods.common import centring_mean
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(encoder: nn.Module, images: Tensor, normalize: Normalize,
+                         device: torch.device, batch_size: int = 256) -> int:
+    """Replace every batch-norm layer's running mean and variance by their exact average
+    over `images` (uint8); returns the number of layers re-estimated (0: none to do)."""
+    layers = [m for m in encoder.modules()
+              if isinstance(m, _BATCHNORMS) and m.track_running_stats]
+    if not layers or not len(images):
+        return 0
+    was_training = encoder.training
+    momenta = [m.momentum for m in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over every batch
+    encoder.train()
+    for m in encoder.modules():  # dropout and the like stay in eval mode
+        if not isinstance(m, _BATCHNORMS):
+            m.training = False
+    for start in range(0, len(images), batch_size):
+        encoder(normalize(images[start:start + batch_size].to(device)))
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+    encoder.train(was_training)
+    return len(layers)
+
+
+def align_head(head: nn.Module, images: Tensor, normalize: Normalize,
+               device: torch.device, quiet: bool = True) -> dict[str, Any]:
+    """Re-estimate the head's encoder's batch-norm statistics on unlabeled `images`, then
+    centre the head (when it centres features) on their mean feature, power-transformed
+    like the head's own features. Returns what was done, for the JSON records."""
+    encoder = head.encoder
+    layers = reestimate_batchnorm(encoder, images, normalize, device)
+    centred = False
+    if isinstance(getattr(head, "base_mean", None), Tensor):
+        features = embed(encoder, images, normalize, device, quiet=quiet,
+                         description="embedding unlabeled images")
+        power = getattr(head, "power", None)
+        head.base_mean = centring_mean(power, features.mean(0), features).to(
+            head.base_mean.device if head.base_mean.numel() else device)
+        centred = True
+    return {"images": len(images), "batchnorm_layers": layers, "centred": centred}

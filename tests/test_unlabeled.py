@@ -1,0 +1,197 @@
+"""Unlabeled images of the target domain: finding them in any layout, refusing any that
+are measured images (path, content, near-duplicate), and test-time alignment (batch-norm
+statistics and the centring mean re-estimated on them) in `evaluate` and `adapt`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_adapt import write_run
+from test_neardup import crop, reencoded, smear
+
+from conftest import make_folder, run_cli, write_image, write_tiny_task
+from fewshot.alignment import align_head, reestimate_batchnorm
+from fewshot.data.images import Normalize
+from fewshot.data.unlabeled import find_unlabeled, refuse_overlap
+from fewshot.errors import DataError, UsageError
+from fewshot.features import embed
+from fewshot.methods import build_head
+from fewshot.methods.common import power_transform
+from fewshot.models import build_backbone
+
+CPU = torch.device("cpu")
+
+
+def images(count: int, size: int = 16, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    shifted = rng.integers(0, 256, (count, 3, size, size)) // 2 + 100  # another "domain"
+    return torch.from_numpy(shifted.astype(np.uint8))
+
+
+def test_batchnorm_statistics_are_those_of_the_unlabeled_images():
+    torch.manual_seed(0)
+    encoder = build_backbone("conv4", image_size=16, channels=8).eval()
+    batch = images(40)
+    normalize = Normalize()
+    inputs = {}
+    layers = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    hooks = [m.register_forward_hook(lambda m, x, y: inputs.__setitem__(m, x[0].detach()))
+             for m in layers]
+    reference = copy.deepcopy(encoder).train()  # batch statistics at every layer
+    with torch.no_grad():
+        reference(normalize(batch))
+    expected = {i: (inputs[m].mean((0, 2, 3)), inputs[m].var((0, 2, 3), correction=1))
+                for i, m in enumerate([m for m in reference.modules()
+                                       if isinstance(m, torch.nn.BatchNorm2d)])}
+    for h in hooks:
+        h.remove()
+    before = embed(encoder, batch, normalize, CPU)
+    assert reestimate_batchnorm(encoder, batch, normalize, CPU, batch_size=64) == 4
+    assert not encoder.training and all(m.momentum == 0.1 for m in layers)
+    for i, layer in enumerate(layers):
+        torch.testing.assert_close(layer.running_mean, expected[i][0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(layer.running_var, expected[i][1], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(before, embed(encoder, batch, normalize, CPU))
+    # in batches: the running mean is the average of the batch means (equal batches)
+    again = build_backbone("conv4", image_size=16, channels=8)
+    again.load_state_dict(encoder.state_dict())
+    reestimate_batchnorm(again, batch, normalize, CPU, batch_size=10)
+    first = next(m for m in again.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    torch.testing.assert_close(first.running_mean, layers[0].running_mean, atol=1e-5,
+                               rtol=1e-4)
+
+
+@pytest.mark.parametrize("power", [None, 0.5])
+def test_centring_mean_becomes_the_unlabeled_mean_feature(power):
+    torch.manual_seed(0)
+    encoder = build_backbone("conv4", image_size=16, channels=8)
+    head = build_head("simpleshot", encoder, base_mean=torch.zeros(encoder.feature_dim),
+                      power=power, base_features=torch.rand(5, encoder.feature_dim))
+    batch = images(30, seed=3)
+    record = align_head(head, batch, Normalize(), CPU)
+    assert record == {"images": 30, "batchnorm_layers": 4, "centred": True}
+    features = embed(head.encoder, batch, Normalize(), CPU)
+    torch.testing.assert_close(head.base_mean, power_transform(features, power).mean(0))
+
+
+def test_unlabeled_folders_in_any_layout(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    flat = tmp_path / "flat"
+    for i in range(3):
+        write_image(flat / f"{i}.png", rng)
+    write_image(tmp_path / "nested" / "a" / "b" / "deep.jpg", rng)
+    (flat / "notes.txt").write_text("not an image")
+    (flat / "broken.png").write_bytes(b"not a png")
+    found = find_unlabeled([flat, tmp_path / "nested"])
+    assert [p.name for p in found.paths] == ["0.png", "1.png", "2.png", "deep.jpg"]
+    assert "broken.png" in capsys.readouterr().err
+    assert len(found.records()) == 4 and len(found.records()[0]["sha256"]) == 64
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError):
+        find_unlabeled([tmp_path / "empty"])
+    with pytest.raises(UsageError):
+        find_unlabeled([tmp_path / "missing"])
+
+
+def test_overlap_is_refused_by_path_content_and_near_duplicate(tmp_path):
+    measured = []
+    for i in range(6):
+        path = tmp_path / "measured" / f"m{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        crop(smear(i), 40, 40).save(path)
+        measured.append(path)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for i in range(6):
+        crop(smear(100 + i), 40, 40).save(clean / f"u{i}.png")
+    refuse_overlap(find_unlabeled([clean]), measured, "the evaluated split")  # passes
+
+    def refused(folder: Path) -> str:
+        with pytest.raises(UsageError) as info:
+            refuse_overlap(find_unlabeled([clean, folder]), measured, "the evaluated split")
+        return str(info.value)
+
+    same = refused(tmp_path / "measured")  # the same files
+    assert same.startswith("unlabeled image is an image of the evaluated split") and \
+        "m0.png" in same
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    shutil.copy(measured[3], copies / "renamed.png")
+    assert "has the content of" in refused(copies)
+    near = tmp_path / "near"
+    near.mkdir()
+    reencoded(crop(smear(4), 44, 37)).save(near / "shifted.jpg")
+    message = refused(near)
+    assert "near-duplicate" in message and "m4.png" in message and "shifted.jpg" in message
+
+
+def test_evaluate_aligns_to_unlabeled_images_and_refuses_the_evaluated_split(tmp_path):
+    task = write_tiny_task(tmp_path)
+    unlabeled = tmp_path / "target-domain"
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        write_image(unlabeled / f"u{i}.png", rng, colour=[200, 30, 30])
+    common = ["--model", "random:conv4", "--head", "simpleshot", "--task", str(task),
+              "--ways", "2", "--shots", "1", "--queries", "3", "--episodes", "8", "--quiet"]
+    out = run_cli("evaluate", *common, "--unlabeled", str(unlabeled),
+                  "--json", str(tmp_path / "aligned.json"))
+    assert out.returncode == 0, out.stderr
+    aligned = json.loads((tmp_path / "aligned.json").read_text())
+    assert aligned["unlabeled"]["images"] == 12
+    assert aligned["results"][0]["alignment"] == {"images": 12, "batchnorm_layers": 4,
+                                                  "centred": True}
+    plain = run_cli("evaluate", *common, "--json", str(tmp_path / "plain.json"))
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads((tmp_path / "plain.json").read_text())["unlabeled"] is None
+    assert "alignment" not in json.loads((tmp_path / "plain.json").read_text())["results"][0]
+    leak = run_cli("evaluate", *common, "--unlabeled", str(tmp_path / "data" / "ds" / "c7"))
+    assert leak.returncode == 2
+    *listed, error = leak.stderr.strip().splitlines()
+    assert error.startswith("error: unlabeled image is an image of the evaluated split "
+                            "(novel) (10 unlabeled images in all, listed above)")
+    assert len(listed) == 10 and all(" is " in line for line in listed)
+
+
+def test_adapt_records_and_keeps_the_alignment(tmp_path):
+    run = write_run(tmp_path / "run").path
+    new = make_folder(tmp_path / "new", {"alpha": 6, "beta": 6}, size=16, seed=1)
+    unlabeled = tmp_path / "unlabeled"
+    rng = np.random.default_rng(9)
+    for i in range(10):
+        write_image(unlabeled / "any" / f"u{i}.png", rng, colour=[10, 200, 90])
+    out = run_cli("adapt", "--shots", "2", str(new), "--model", str(run), "--method",
+                  "simpleshot", "--unlabeled", str(unlabeled), "--out", str(tmp_path / "a"),
+                  "--no-wandb", "--quiet")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "a" / "adapted.json").read_text())
+    assert len(doc["unlabeled"]) == 10 and doc["alignment"]["batchnorm_layers"] == 4
+    assert doc["alignment"]["folders"] == [str(unlabeled)]
+    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert "Aligned to 10 unlabeled images" in card and f"--unlabeled {unlabeled}" in card
+    # the adapted weights carry the re-estimated statistics and centre
+    from fewshot.assembly import load_model, model_transform
+    from fewshot.data.images import decode_all
+
+    head, meta = load_model(run, head="simpleshot")
+    align_head(head, decode_all(sorted(unlabeled.rglob("*.png")), 16, quiet=True),
+               model_transform(meta), CPU)
+    saved = load_file(tmp_path / "a" / "adapted.safetensors")
+    torch.testing.assert_close(saved["base_mean"], head.base_mean)
+    first = next(k for k in saved if k.endswith("running_mean"))
+    torch.testing.assert_close(saved[first], head.state_dict()[first])
+    predicted = run_cli("predict", str(tmp_path / "a"), str(new / "alpha"), "--format", "json")
+    assert predicted.returncode == 0, predicted.stderr
+    for bad, option in ((["--unlabeled", str(new / "alpha")], "adapt folder"),
+                        (["--unlabeled", str(unlabeled), "--cv"], "--cv")):
+        refused = run_cli("adapt", "--shots", "2", str(new), "--model", str(run), *bad,
+                          "--out", str(tmp_path / "b"), "--no-wandb", "--quiet")
+        assert refused.returncode == 2, refused.stderr
+        error = refused.stderr.strip().splitlines()[-1]
+        assert error.startswith("error: ") and option in error, refused.stderr
