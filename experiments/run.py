@@ -94,6 +94,7 @@ def command_of(task: str, pair: Pair, stages: dict[str, Stage], shots: int | str
              f"--seed {SEED}"]
     if query_imbalance is not None:
         parts.append(f"--query-imbalance {query_imbalance}")
+    parts += [f"--unlabeled {folder}" for folder in pair.unlabeled]
     if pair.model in stages:
         stage = stages[pair.model]
         parts.insert(0, f"fewshot {stage.command} --config {stage.config} "
@@ -126,7 +127,7 @@ def score(task: str, chosen: list[tuple[Group, Pair]], shots: int | str,
         model, count = model_spec(pair, stages), min(pair.episodes or episodes, episodes)
         members = [model_spec(m, stages) for m in pair.members]
         identity = [task, shots, episodes, query_imbalance, model, fingerprint(model),
-                    pair.head, count]
+                    pair.head, count] + ([pair.unlabeled] if pair.unlabeled else [])
         if members:
             identity += [[m, fingerprint(m), p.head] for m, p in zip(members, pair.members,
                                                                       strict=True)]
@@ -139,7 +140,8 @@ def score(task: str, chosen: list[tuple[Group, Pair]], shots: int | str,
         result = evaluate(members or [model], [m.head for m in pair.members] or [pair.head],
                           task, ways=WAYS, shots=shots, queries=QUERIES, episodes=count,
                           seed=SEED, device="cpu", slow_episodes=count, cache=cache,
-                          query_imbalance=query_imbalance, ensemble=bool(members))
+                          query_imbalance=query_imbalance, ensemble=bool(members),
+                          unlabeled=[ROOT / f for f in pair.unlabeled] or None)
         row = result["results"][-1]
         row["wall_s"] = round(time.monotonic() - started, 1)
         row["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -233,6 +235,10 @@ def main() -> None:
         pairs, stages = [], {}
         for group in task_groups:
             ready = True
+            for folder, script in group.prepare.items():
+                if not (ROOT / folder).is_dir():
+                    print(f"+ python {script}", flush=True)
+                    subprocess.run([sys.executable, str(ROOT / script)], check=True, cwd=ROOT)
             for stage in group.stages:
                 stages[stage.name] = stage
                 if not stage_done(stage):

@@ -260,7 +260,7 @@ def training_command(name: str, entry: str, help_text: str,
         resume: ResumeOpt = None, data_root: DataRootOpt = None, device: DeviceOpt = None,
         seed: SeedOpt = None, wandb: WandbOpt = None, wandb_project: ProjectOpt = None,
         wandb_entity: EntityOpt = None, run_name: RunNameOpt = None,
-        log_model: LogModelOpt = False, quiet: Quiet = False,
+        log_model: LogModelOpt = False, unlabeled: UnlabeledOpt = None, quiet: Quiet = False,
     ) -> None:
         import importlib
 
@@ -268,6 +268,8 @@ def training_command(name: str, entry: str, help_text: str,
         stage = getattr(importlib.import_module(module), function)
         cfg, run = training_config(config, set_, resume, device, seed, wandb_project,
                                    wandb_entity, run_name)
+        if unlabeled:
+            cfg.data.unlabeled = [str(folder.resolve()) for folder in unlabeled]
         config_dir = config.parent if config is not None else None
         started = time.monotonic()
         from fewshot.train.distributed import world_from_env

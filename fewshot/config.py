@@ -29,6 +29,9 @@ class DataConfig(Section):
     """Overrides the task's image size."""
     cache_dir: str | None = None
     workers: int = Field(default=0, ge=0)
+    unlabeled: list[str] = Field(default_factory=list)
+    """Folders of unlabeled images (any layout; `--unlabeled DIR`): the stream of
+    `train.objective` ssl/both and of `train.align`. Never val or novel images (checked)."""
 
 
 class ModelConfig(Section):
@@ -102,6 +105,14 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(default=100, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    objective: Literal["supervised", "ssl", "both"] = "supervised"
+    """Pretrain: cross-entropy on the base classes, self-supervision on the unlabeled
+    images (no labels at all), or both added."""
+    ssl: Literal["simclr", "byol"] = "simclr"
+    ssl_weight: float = Field(default=1.0, ge=0)
+    align: Literal["none", "mmd", "dann"] = "none"
+    """Pretrain: align the base features with those of the unlabeled (target) images."""
+    align_weight: float = Field(default=1.0, ge=0)
 
 
 class EvalConfig(Section):

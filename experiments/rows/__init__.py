@@ -32,6 +32,9 @@ class Pair:
     label: str = ""
     episodes: int | None = None
     """Fewer episodes than the tier's (heads that re-run the encoder); None: all."""
+    unlabeled: list[str] = field(default_factory=list)
+    """Folders (relative to the checkout) of unlabeled target-domain images the encoder
+    is aligned to first (`fewshot evaluate --unlabeled`)."""
     members: list[Pair] = field(default_factory=list)
     """An ensemble row (`fewshot evaluate --ensemble`): the mean of these pairs'
     probabilities, paired against the reference and against each member's own row."""
@@ -51,6 +54,9 @@ class Group:
     reference: str = ""
     """The label of the row its rows are paired against (default: the task's first row)."""
     query_imbalance: float | None = None
+    prepare: dict[str, str] = field(default_factory=dict)
+    """Folders its pairs read (relative to the checkout) -> the experiments/ script that
+    writes one when it is missing (e.g. an unlabeled stream)."""
     """Dirichlet alpha of unequal queries per class (`--query-imbalance`); such a group is
     scored on its own episodes, so its reference must be one of its own rows."""
 

@@ -30,6 +30,7 @@ from fewshot.data.augment import augment
 from fewshot.data.episodes import EpisodeBatch, EpisodeSampler, TensorEpisodes
 from fewshot.data.images import Normalize, load_split_images
 from fewshot.data.tasks import Task
+from fewshot.errors import UsageError
 from fewshot.methods import FewShotHead, build_head, select_options
 from fewshot.models import build_backbone
 from fewshot.run import RunDir
@@ -112,6 +113,11 @@ class MetaTrainStage(Stage):
         t = config.train
         self.config, self.task, self.device, self.t = config, task, device, t
         self.world = world
+        if config.data.unlabeled or t.objective != "supervised" or t.align != "none":
+            raise UsageError("meta-train does not learn from unlabeled images; pretrain does",
+                             "--unlabeled" if config.data.unlabeled else "train.align",
+                             "pretrain with --unlabeled (train.objective, train.align), then "
+                             "meta-train from that run (model.weights)")
         self.image_size = config.data.image_size or task.image_size
         cache = cache_options(config, quiet)
         self.base_images, self.base = load_split_images(task, "base", self.image_size, **cache)

@@ -18,6 +18,14 @@ without batch-norm; batch-norm normalises over each rank's own images (SyncBatch
 GPUs, where it exists, makes it global). A last step with fewer images than ranks is
 skipped.
 
+Unlabeled images (`data.unlabeled`, `--unlabeled DIR`; never val or novel images, which
+is checked by path, content and near-duplicate search) feed fewshot.train.objectives:
+`train.objective: ssl` trains on them alone (an epoch is a pass over them; no label is
+read, and with no val classes the last epoch is kept), `both` adds the self-supervised
+loss on a seeded unlabeled batch to each supervised step, and `train.align: mmd | dann`
+aligns each step's base features with those of an unlabeled batch. These run in one
+process (not under torchrun).
+
 The run directory's model is the encoder with a SimpleShot head (nearest centroid on
 features centred on the base mean from `prototypes.safetensors`); the base-class
 linear layer lives only in the checkpoint, for resuming. This module is the stage's step
@@ -38,14 +46,16 @@ from torch import Tensor, nn
 
 from fewshot.config import Config
 from fewshot.data.augment import DRAWS, augment
+from fewshot.data.cache import as_tensor, cached_array
 from fewshot.data.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, load_split_images
 from fewshot.data.tasks import SplitData, Task
-from fewshot.features import subsample
+from fewshot.features import embed, subsample
 from fewshot.methods import build_head
 from fewshot.models import build_backbone
 from fewshot.models.weights import load_encoder_weights
+from fewshot.ood import fit_domain
 from fewshot.run import RunDir
-from fewshot.schema import ModelMeta
+from fewshot.schema import BASE_FEATURES_PER_CLASS, ModelMeta, Prototypes
 from fewshot.train.distributed import SINGLE, World
 from fewshot.train.loop import (
     LoopState,
@@ -59,6 +69,7 @@ from fewshot.train.loop import (
     make_scheduler,
     run_stage,
 )
+from fewshot.train.objectives import UnlabeledObjectives
 from fewshot.train.validate import VAL_SEED_OFFSET, Validation, run_validation
 
 VAL_PER_CLASS = 30
@@ -99,6 +110,38 @@ def rank_slice(count: int, world: int, rank: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
+def load_unlabeled(config: Config, task: Task, image_size: int, cache: dict[str, Any]
+                   ) -> Tensor | None:
+    """uint8 images of `data.unlabeled`, refused when any is a val or novel image (val
+    chooses the model, novel measures it), or None when none are given."""
+    from fewshot.data.unlabeled import find_unlabeled, refuse_overlap
+
+    if not config.data.unlabeled:
+        return None
+    found = find_unlabeled(config.data.unlabeled, quiet=cache["quiet"])
+    measured = [path for split in ("val", "novel") if task.classes(split)
+                for path in task.split(split).paths]
+    refuse_overlap(found, measured, "the task's val and novel classes", quiet=cache["quiet"])
+    return as_tensor(cached_array(found.paths, image_size, cache["directory"],
+                                  workers=cache["workers"], quiet=cache["quiet"]))
+
+
+def check_objectives(t, unlabeled: Tensor | None, world: World) -> None:
+    from fewshot.errors import UsageError
+
+    wanted = t.objective != "supervised" or t.align != "none"
+    if wanted and unlabeled is None:
+        raise UsageError(f"train.objective={t.objective} and train.align={t.align} need "
+                         "unlabeled images", "data.unlabeled",
+                         "pass --unlabeled DIR (or set data.unlabeled)")
+    if unlabeled is not None and not wanted:
+        raise UsageError("unlabeled images given, but nothing uses them", "--unlabeled",
+                         "set train.objective=both or ssl, or train.align=mmd or dann")
+    if wanted and world.distributed:
+        raise UsageError("unlabeled objectives run in one process, not under torchrun",
+                         "train.objective", "run this pretrain without torchrun")
+
+
 def load_val(task: Task, image_size: int, seed: int, cache: dict[str, Any]
              ) -> tuple[Tensor, SplitData] | None:
     """A seeded subset of the val split (at most VAL_PER_CLASS images a class), or None."""
@@ -123,14 +166,27 @@ class PretrainStage(Stage):
         self.world = world
         self.image_size = config.data.image_size or task.image_size
         cache = cache_options(config, quiet)
-        self.images, self.base = load_split_images(task, "base", self.image_size, **cache)
+        unlabeled = load_unlabeled(config, task, self.image_size, cache)
+        check_objectives(t, unlabeled, world)
+        self.base_images, self.base = load_split_images(task, "base", self.image_size,
+                                                        **cache) \
+            if task.classes("base") or t.objective != "ssl" else (None, None)
         self.val = load_val(task, self.image_size, t.seed, cache)
-        self.labels = torch.from_numpy(self.base.labels)
+        if t.objective == "ssl":  # an epoch is a pass over the unlabeled images
+            self.images = unlabeled
+            self.labels = torch.zeros(len(unlabeled), dtype=torch.long)
+        else:
+            self.images, self.labels = self.base_images, torch.from_numpy(self.base.labels)
         encoder = build_backbone(config.model.backbone, image_size=self.image_size,
                                  **config.model.backbone_args)
         if config.model.weights and not resuming:
             load_encoder_weights(encoder, config.model.weights, config.model.backbone, quiet)
-        model = Classifier(encoder, len(self.base.classes))
+        model = Classifier(encoder, len(self.base.classes) if self.base else 1)
+        if unlabeled is not None:  # trained and checkpointed with the model
+            model.unlabeled = UnlabeledObjectives(
+                encoder, unlabeled, objective=t.objective, ssl=t.ssl, ssl_weight=t.ssl_weight,
+                align=t.align, align_weight=t.align_weight, batch_size=t.batch_size,
+                seed=t.seed)
         if world.distributed and device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device)
@@ -150,7 +206,8 @@ class PretrainStage(Stage):
         self.steps_per_epoch = steps + (tail >= world.size)  # every rank needs an image
         self._draws: tuple[int, Tensor] | None = None
         self.total = self.steps_per_epoch * t.epochs
-        self.optimizer = make_optimizer(self.model.parameters(), config)
+        self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad],
+                                        config)
         self.scheduler = make_scheduler(self.optimizer, config, self.total)
         self.amp = t.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -180,13 +237,18 @@ class PretrainStage(Stage):
     def step(self, batch: tuple[int, int, Tensor, Tensor, int]) -> StepResult:
         epoch, step, index, places, count = batch
         images = self.normalize(self.images[index])
-        if self.t.augment:
+        if self.t.augment and self.t.objective != "ssl":
             images = augment(images, draws=self.draws(epoch)[places])
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
+        extra: dict[str, float] = {}
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            loss = F.cross_entropy(self.net(images), self.labels[index],
-                                   label_smoothing=self.t.label_smoothing)
+            if not hasattr(self.model, "unlabeled"):
+                loss = F.cross_entropy(self.net(images), self.labels[index],
+                                       label_smoothing=self.t.label_smoothing)
+            else:
+                loss, extra = self.unlabeled_step(images, index, epoch * self.steps_per_epoch
+                                                  + step)
         # DDP averages over ranks: weight each rank's mean by its share of the global batch
         share = len(index) * self.world.size / count
         self.backward(loss * share if share != 1.0 else loss)
@@ -194,8 +256,25 @@ class PretrainStage(Stage):
         self.loss_smooth = value if self.loss_smooth is None else \
             0.95 * self.loss_smooth + 0.05 * value
         return StepResult(epoch * self.steps_per_epoch + step + 1,
-                          {"train/loss": value, "train/loss_smooth": self.loss_smooth},
+                          {"train/loss": value, "train/loss_smooth": self.loss_smooth, **extra},
                           f"epoch {epoch + 1} loss {self.loss_smooth:.3f}")
+
+    def unlabeled_step(self, images: Tensor, index: Tensor, position: int
+                       ) -> tuple[Tensor, dict[str, float]]:
+        """The step's loss with the unlabeled objectives (one process): supervised
+        cross-entropy unless `ssl` alone, plus the self-supervised and alignment losses."""
+        encoder, objectives = self.model.encoder, self.model.unlabeled
+        progress = position / max(self.total, 1)
+        if self.t.objective == "ssl":
+            loss, extra = objectives.losses(encoder, position, progress, self.normalize,
+                                            self.device, ssl_images=images)
+            return loss, extra
+        features = encoder(images)
+        supervised = F.cross_entropy(self.model.classifier(features), self.labels[index],
+                                     label_smoothing=self.t.label_smoothing)
+        loss, extra = objectives.losses(encoder, position, progress, self.normalize,
+                                        self.device, source_features=features)
+        return supervised + loss, {"train/supervised_loss": supervised.item(), **extra}
 
     def backward(self, loss: Tensor) -> None:
         self.scaler.scale(loss).backward()
@@ -203,6 +282,8 @@ class PretrainStage(Stage):
     def optimizer_step(self) -> None:
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if hasattr(self.model, "unlabeled"):
+            self.model.unlabeled.after_step(self.model.encoder)  # BYOL's EMA target
 
     def rates(self, units: int, seconds: float) -> dict[str, float]:
         return {"train/images_per_s": units * self.global_batch / seconds}
@@ -248,11 +329,32 @@ class PretrainStage(Stage):
             metrics={"val/acc": state.best_acc if math.isfinite(state.best_acc) else None,
                      "val/acc_ci95": state.best_ci(),
                      "best_epoch": state.best_at, "epochs_trained": self.count(state.position),
-                     "stopped_early": state.stopped_early})
+                     "stopped_early": state.stopped_early, **self.objectives_record()})
+
+    def objectives_record(self) -> dict[str, Any]:
+        """What the run learnt from, in model.json (unlabeled objectives only)."""
+        t = self.t
+        if not hasattr(self.model, "unlabeled"):
+            return {}
+        return {"objective": t.objective, "ssl": t.ssl if t.objective != "supervised" else None,
+                "align": t.align, "unlabeled_images": len(self.model.unlabeled.images),
+                "selection": "val episodes" if self.val is not None else
+                "none: no val classes, the last epoch is kept (its SSL loss is in "
+                "metrics.jsonl)"}
 
     def write_prototypes(self, run: RunDir) -> None:
-        run.save_prototypes(base_prototypes(self.model.encoder, self.images, self.base,
-                                            self.normalize, self.device, PROTOTYPES_PER_CLASS))
+        if self.base is not None:
+            run.save_prototypes(base_prototypes(self.model.encoder, self.base_images, self.base,
+                                                self.normalize, self.device,
+                                                PROTOTYPES_PER_CLASS))
+            return
+        # no base classes (self-supervised alone): the centre is the unlabeled images' mean
+        images = self.images[torch.from_numpy(subsample(
+            np.zeros(len(self.images), dtype=np.int64), 50 * PROTOTYPES_PER_CLASS, 0))]
+        features = embed(self.model.encoder, images, self.normalize, self.device)
+        run.save_prototypes(Prototypes([], features.new_zeros(0, features.shape[1]),
+                                       features.mean(0), features[:BASE_FEATURES_PER_CLASS],
+                                       fit_domain(features)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict(), "world_size": self.world.size}
