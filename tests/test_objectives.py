@@ -130,7 +130,25 @@ def test_ssl_needs_no_labels_and_refusals_are_one_line(task_and_stream, tmp_path
         assert error.startswith("error: ") and key in error, out.stderr
     meta = run_cli("meta-train", "--out", str(tmp_path / "mt"), *common,
                    "--unlabeled", str(stream))
-    assert meta.returncode == 2 and "meta-train does not learn from unlabeled" in meta.stderr
+    assert meta.returncode == 2 and "train.align=mmd or dann" in meta.stderr, meta.stderr
+
+
+def test_meta_train_aligns_to_the_unlabeled_stream(task_and_stream, tmp_path):
+    from test_meta_train import TINY as META
+
+    task, stream = task_and_stream
+    out = run_cli("meta-train", "--out", str(tmp_path / "mt"), "--set", f"data.task={task}",
+                  *[a for s in META for a in ("--set", s)], "--set", "train.episodes=12",
+                  "--set", "train.align=dann", "--unlabeled", str(stream), "--no-wandb",
+                  "--quiet")
+    assert out.returncode == 0, out.stderr
+    steps = [r for r in records(tmp_path / "mt") if "train/loss" in r]
+    assert steps and all({"train/align_loss", "train/domain_loss", "train/domain_acc"}
+                         <= set(r) for r in steps)
+    saved = torch.load(tmp_path / "mt" / "checkpoint" / "state.pt", weights_only=True)
+    assert any(k.startswith("discriminator.") for k in saved["train"]["stage"]["alignment"])
+    weights = load_file(tmp_path / "mt" / "model.safetensors")
+    assert not any("discriminator" in k for k in weights)  # the run's model is the head
 
 
 def test_interrupted_run_with_unlabeled_objectives_resumes_exactly(task_and_stream,

@@ -138,6 +138,10 @@ class Stage:
     def backward(self, loss: Tensor) -> None:
         loss.backward()
 
+    def objectives(self) -> list[Objective]:
+        """The stage's own extra objectives (from its config), after the caller's."""
+        return []
+
     def optimizer_step(self) -> None:
         self.optimizer.step()
 
@@ -324,7 +328,7 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
     t = config.train
     world = stage.world
     quiet = quiet or not world.main
-    objectives = objectives or []
+    objectives = [*(objectives or []), *stage.objectives()]
     state = LoopState()
     if resumed:
         saved = restore_training(run, stage.model, stage.optimizer, stage.scheduler)
@@ -415,6 +419,7 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
                 loss = objective.loss(stage.model, before)
                 stage.backward(objective.weight * loss)
                 metrics[f"train/{objective.name}_loss"] = loss.item()
+                metrics.update(getattr(objective, "metrics", {}))
             stage.optimizer_step()
             stage.scheduler.step()
             state.position = result.position

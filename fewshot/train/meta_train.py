@@ -48,6 +48,12 @@ from fewshot.train.loop import (
     make_scheduler,
     run_stage,
 )
+from fewshot.train.objectives import (
+    AlignmentObjective,
+    UnlabeledObjectives,
+    check_objectives,
+    load_unlabeled,
+)
 from fewshot.train.task_workers import TaskWorkers, task_processes
 from fewshot.train.validate import VAL_SEED_OFFSET, Validation, run_validation
 
@@ -113,13 +119,14 @@ class MetaTrainStage(Stage):
         t = config.train
         self.config, self.task, self.device, self.t = config, task, device, t
         self.world = world
-        if config.data.unlabeled or t.objective != "supervised" or t.align != "none":
-            raise UsageError("meta-train does not learn from unlabeled images; pretrain does",
-                             "--unlabeled" if config.data.unlabeled else "train.align",
-                             "pretrain with --unlabeled (train.objective, train.align), then "
-                             "meta-train from that run (model.weights)")
+        if t.objective != "supervised":
+            raise UsageError("meta-train learns from unlabeled images by alignment only",
+                             "train.objective", "set train.align=mmd or dann, or pretrain "
+                             "with train.objective=ssl/both and meta-train from that run")
         self.image_size = config.data.image_size or task.image_size
         cache = cache_options(config, quiet)
+        unlabeled = load_unlabeled(config, task, self.image_size, cache)
+        check_objectives(t, unlabeled, world, uses="set train.align=mmd or dann")
         self.base_images, self.base = load_split_images(task, "base", self.image_size, **cache)
         self.val = None
         if task.classes("val"):
@@ -136,7 +143,14 @@ class MetaTrainStage(Stage):
                                       groups=self.base.groups,
                                       class_names=self.base.classes)
         self.total, self.units_per_step = t.episodes, t.meta_batch * world.size
-        self.optimizer = make_optimizer(self.head.parameters(), config)
+        self.alignment: UnlabeledObjectives | None = None
+        if unlabeled is not None:  # trained with the head; saved in the checkpoint only
+            self.alignment = UnlabeledObjectives(
+                self.head.encoder, unlabeled, objective="supervised", ssl=t.ssl,
+                ssl_weight=t.ssl_weight, align=t.align, align_weight=t.align_weight,
+                batch_size=t.ways * (t.shots + t.queries), seed=t.seed).to(device)
+        extra = list(self.alignment.parameters()) if self.alignment is not None else []
+        self.optimizer = make_optimizer([*self.head.parameters(), *extra], config)
         self.scheduler = make_scheduler(self.optimizer, config,
                                         -(-t.episodes // self.units_per_step))
         self.share = 1.0
@@ -190,6 +204,19 @@ class MetaTrainStage(Stage):
         totals = self.world.sum([loss.item() * local, correct, float(logits.shape[:-1].numel())])
         return self.step_result(first + count, totals[0] / count, totals[1] / totals[2],
                                 self.inner_metrics())
+
+    def objectives(self) -> list:
+        if self.alignment is None:
+            return []
+        return [AlignmentObjective(self.alignment, self.base_images, self.normalize,
+                                   self.device, self.total)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.alignment is None else {"alignment": self.alignment.state_dict()}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        if self.alignment is not None and "alignment" in saved:
+            self.alignment.load_state_dict(saved["alignment"])
 
     def optimizer_step(self) -> None:
         """The global mean gradient on every rank (a plain step on one), then the update."""

@@ -18,12 +18,50 @@ seeded by the caller (seed, position), so a resumed run draws what it would have
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fewshot.config import Config
 from fewshot.data.augment import augment
+from fewshot.data.cache import as_tensor, cached_array
+from fewshot.data.tasks import Task
+
+
+def load_unlabeled(config: Config, task: Task, image_size: int, cache: dict[str, Any]
+                   ) -> Tensor | None:
+    """uint8 images of `data.unlabeled`, refused when any is a val or novel image (val
+    chooses the model, novel measures it), or None when none are given."""
+    from fewshot.data.unlabeled import find_unlabeled, refuse_overlap
+
+    if not config.data.unlabeled:
+        return None
+    found = find_unlabeled(config.data.unlabeled, quiet=cache["quiet"])
+    measured = [path for split in ("val", "novel") if task.classes(split)
+                for path in task.split(split).paths]
+    refuse_overlap(found, measured, "the task's val and novel classes", quiet=cache["quiet"])
+    return as_tensor(cached_array(found.paths, image_size, cache["directory"],
+                                  workers=cache["workers"], quiet=cache["quiet"]))
+
+
+def check_objectives(t, unlabeled: Tensor | None, world, uses: str = "set "
+                     "train.objective=both or ssl, or train.align=mmd or dann") -> None:
+    """Unlabeled images and the objectives that use them come together, in one process."""
+    from fewshot.errors import UsageError
+
+    wanted = t.objective != "supervised" or t.align != "none"
+    if wanted and unlabeled is None:
+        raise UsageError(f"train.objective={t.objective} and train.align={t.align} need "
+                         "unlabeled images", "data.unlabeled",
+                         "pass --unlabeled DIR (or set data.unlabeled)")
+    if unlabeled is not None and not wanted:
+        raise UsageError("unlabeled images given, but nothing uses them", "--unlabeled",
+                         uses)
+    if wanted and world.distributed:
+        raise UsageError("unlabeled objectives run in one process, not under torchrun",
+                         "train.objective", "run this pretrain without torchrun")
 
 
 def views(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -230,3 +268,30 @@ class UnlabeledObjectives(nn.Module):
     def after_step(self, encoder: nn.Module) -> None:
         if self.ssl is not None:
             self.ssl.after_step(encoder)
+
+
+class AlignmentObjective:
+    """Alignment for a stage whose step does not expose its features (meta-training's
+    episodic heads): each step it draws a seeded batch of base images and one of
+    unlabeled images and adds the alignment loss of their features, an Objective of
+    fewshot.train.loop (its gradients join the step's)."""
+
+    name, weight = "align", 1.0
+
+    def __init__(self, modules: UnlabeledObjectives, base_images: Tensor, normalize,
+                 device: torch.device, total: int) -> None:
+        self.modules, self.base_images = modules, base_images
+        self.normalize, self.device, self.total = normalize, device, total
+        self.metrics: dict[str, float] = {}
+
+    def loss(self, model: nn.Module, position: int) -> Tensor:
+        generator = self.modules.generator(position + 1_000_003)  # apart from the stream's
+        size = min(self.modules.batch_size, len(self.base_images))
+        index = torch.randperm(len(self.base_images), generator=generator)[:size]
+        source = augment(self.normalize(self.base_images[index.to(self.base_images.device)]
+                                        .to(self.device)), generator=generator)
+        encoder = model.encoder
+        loss, self.metrics = self.modules.losses(
+            encoder, position, position / max(self.total, 1), self.normalize, self.device,
+            source_features=encoder(source))
+        return loss

@@ -46,7 +46,6 @@ from torch import Tensor, nn
 
 from fewshot.config import Config
 from fewshot.data.augment import DRAWS, augment
-from fewshot.data.cache import as_tensor, cached_array
 from fewshot.data.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, load_split_images
 from fewshot.data.tasks import SplitData, Task
 from fewshot.features import embed, subsample
@@ -69,7 +68,7 @@ from fewshot.train.loop import (
     make_scheduler,
     run_stage,
 )
-from fewshot.train.objectives import UnlabeledObjectives
+from fewshot.train.objectives import UnlabeledObjectives, check_objectives, load_unlabeled
 from fewshot.train.validate import VAL_SEED_OFFSET, Validation, run_validation
 
 VAL_PER_CLASS = 30
@@ -108,38 +107,6 @@ def rank_slice(count: int, world: int, rank: int) -> slice:
     base, extra = divmod(count, world)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (rank < extra))
-
-
-def load_unlabeled(config: Config, task: Task, image_size: int, cache: dict[str, Any]
-                   ) -> Tensor | None:
-    """uint8 images of `data.unlabeled`, refused when any is a val or novel image (val
-    chooses the model, novel measures it), or None when none are given."""
-    from fewshot.data.unlabeled import find_unlabeled, refuse_overlap
-
-    if not config.data.unlabeled:
-        return None
-    found = find_unlabeled(config.data.unlabeled, quiet=cache["quiet"])
-    measured = [path for split in ("val", "novel") if task.classes(split)
-                for path in task.split(split).paths]
-    refuse_overlap(found, measured, "the task's val and novel classes", quiet=cache["quiet"])
-    return as_tensor(cached_array(found.paths, image_size, cache["directory"],
-                                  workers=cache["workers"], quiet=cache["quiet"]))
-
-
-def check_objectives(t, unlabeled: Tensor | None, world: World) -> None:
-    from fewshot.errors import UsageError
-
-    wanted = t.objective != "supervised" or t.align != "none"
-    if wanted and unlabeled is None:
-        raise UsageError(f"train.objective={t.objective} and train.align={t.align} need "
-                         "unlabeled images", "data.unlabeled",
-                         "pass --unlabeled DIR (or set data.unlabeled)")
-    if unlabeled is not None and not wanted:
-        raise UsageError("unlabeled images given, but nothing uses them", "--unlabeled",
-                         "set train.objective=both or ssl, or train.align=mmd or dann")
-    if wanted and world.distributed:
-        raise UsageError("unlabeled objectives run in one process, not under torchrun",
-                         "train.objective", "run this pretrain without torchrun")
 
 
 def load_val(task: Task, image_size: int, seed: int, cache: dict[str, Any]

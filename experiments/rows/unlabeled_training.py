@@ -1,0 +1,44 @@
+"""Rows on tasks/wbc-to-rbc.yaml for learning from unlabeled red-cell images while
+pretraining on the white-cell classes (train.align mmd / dann, train.objective both),
+each against the same recipe without them, all on one wall-clock budget: blood-v1's
+recipe for one epoch of the 17,092 base images; a step with an unlabeled batch costs
+about twice as much (three times with SimCLR's two views), so those runs see half (a
+third) of the base images; SimCLR alone sees half an epoch's worth of the white and red
+cells as unlabeled images. Their measured training minutes are in the rows."""
+
+from rows import Group, Pair, Stage, register
+from rows.unlabeled import PREPARE
+from rows.wbc_to_rbc import TASK
+
+STREAM = "data.unlabeled=[../experiments/runs/unlabeled-rbc]"  # relative to configs/
+BASE = ["train.epochs=1"]
+EPOCH = 17092
+
+STAGES = {
+    "wbc-1ep": Stage("wbc-1ep", "pretrain", "configs/wbc-v1.yaml", BASE),
+    "wbc-1ep-mmd": Stage("wbc-1ep-mmd", "pretrain", "configs/wbc-v1.yaml",
+                         BASE + [f"train.epoch_size={EPOCH // 2}", "train.align=mmd", STREAM]),
+    "wbc-1ep-dann": Stage("wbc-1ep-dann", "pretrain", "configs/wbc-v1.yaml",
+                          BASE + [f"train.epoch_size={EPOCH // 2}", "train.align=dann",
+                                  STREAM]),
+    "wbc-1ep-simclr": Stage("wbc-1ep-simclr", "pretrain", "configs/wbc-v1.yaml",
+                            BASE + [f"train.epoch_size={EPOCH // 3}", "train.objective=both",
+                                    STREAM]),
+    # no labels at all: the white cells and the unlabeled red cells, two views a step
+    "wbc-1ep-ssl": Stage("wbc-1ep-ssl", "pretrain", "configs/wbc-v1.yaml",
+                         BASE + [f"train.epoch_size={EPOCH // 2}", "train.objective=ssl",
+                                 "data.unlabeled=[../../shared/data/pbc-blood-wbc, "
+                                 "../experiments/runs/unlabeled-rbc]"]),
+}
+LABELS = {"wbc-1ep": "one epoch's budget, supervised",
+          "wbc-1ep-mmd": "same budget, + MMD alignment to unlabeled red cells",
+          "wbc-1ep-dann": "same budget, + DANN alignment to unlabeled red cells",
+          "wbc-1ep-simclr": "same budget, + SimCLR on unlabeled red cells",
+          "wbc-1ep-ssl": "same budget, SimCLR alone on white and red cells, no labels"}
+
+register(Group(
+    name="unlabeled-training", task=TASK, tier="cpu", stages=list(STAGES.values()),
+    prepare=PREPARE, reference=f"{LABELS['wbc-1ep']} + linear probe",
+    note="alignment and self-supervision with the unlabeled red-cell stream while "
+         "pretraining on white cells",
+    pairs=[Pair(name, "linear-probe", f"{LABELS[name]} + linear probe") for name in STAGES]))
