@@ -25,6 +25,7 @@ CANDIDATES = {
                      "linear-probe:power=0.5"],
     "simpleshot": ["simpleshot", "simpleshot:power=0.5", "simpleshot:power=0.3"],
     "pt-map": ["pt-map", "pt-map:power=0.3", "pt-map:power=null", "pt-map:alpha=0.4"],
+    "tim": ["tim:lr=0.0001", "tim:lr=0.001", "tim:lr=0.01", "tim:lr=0.001,steps=150"],
 }
 
 
@@ -32,7 +33,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "experiments" / "runs" / "wbc-v1"))
     parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--only", nargs="*", choices=sorted(CANDIDATES), default=None,
+                        help="heads to score (their rows replace those in the results file)")
     args = parser.parse_args()
+    out = ROOT / "experiments" / "results" / "head_selection.md"
+    kept = []
+    if args.only and out.is_file():  # the other heads' rows stay as they were
+        kept = [line for line in out.read_text().splitlines()[6:]
+                if line.startswith("| ") and line.split(" ")[1].split(":")[0]
+                not in args.only]
     lines = ["# Head settings chosen on val", "",
              f"`python experiments/select_heads.py`: val split of `tasks/wbc-to-rbc.yaml` "
              f"(five red-cell morphologies wbc-v1 never trained on), 5-way, 15 queries, "
@@ -40,7 +49,10 @@ def main() -> None:
              "head (the default) on the same episodes.", "",
              "| head | shots | accuracy % | vs default, points | load avg |",
              "|---|---|---|---|---|"]
-    for heads in CANDIDATES.values():
+    lines += kept
+    for name, heads in CANDIDATES.items():
+        if args.only and name not in args.only:
+            continue
         for shots in (1, 5):
             result = evaluate([args.model], heads, TASK, split="val", ways=5, shots=shots,
                               queries=15, episodes=args.episodes, seed=0, device="cpu",
@@ -55,7 +67,6 @@ def main() -> None:
                 lines.append(f"| {heads[i]} | {shots} | {100 * acc['mean']:.1f} ± "
                              f"{100 * acc['ci95']:.1f} | {vs} | {load:.2f} |")
                 print(lines[-1], flush=True)
-    out = ROOT / "experiments" / "results" / "head_selection.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
 

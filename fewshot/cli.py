@@ -62,7 +62,8 @@ DataRootOpt = Annotated[str | None, _opt("--data-root", envvar="FEWSHOT_DATA", m
                                          help="Root of the task's datasets.")]
 UnlabeledOpt = Annotated[list[Path] | None, _opt(
     "--unlabeled", metavar="DIR", help="Unlabeled images of the target domain, any layout "
-    "(repeatable); never images of the evaluated split (checked).")]
+    "(repeatable); never images a result is measured on: the evaluated split, the adapt "
+    "folder, a task's val and novel classes (checked).")]
 DeviceOpt = Annotated[str | None, _opt("--device", metavar="NAME", help="auto, cpu, cuda or mps.")]
 SeedOpt = Annotated[int | None, _opt("--seed", metavar="S", help="Random seed.")]
 WandbOpt = Annotated[bool | None, _opt("--wandb/--no-wandb",
