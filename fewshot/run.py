@@ -57,7 +57,13 @@ class RunDir:
         link is touched. A name is a name: no path separators (`--out` chooses a place)."""
         if out is not None:
             path = Path(out)
+            if any((path / name).exists() for name in ("checkpoint", "checkpoint.old",
+                                                        "model.json")):
+                raise UsageError("--out folder already holds a run", path,
+                                 f"continue it with --resume {path}, or pass another --out")
             path.mkdir(parents=True, exist_ok=True)
+            # the log of a run stopped before its first checkpoint: nothing to resume
+            (path / "metrics.jsonl").unlink(missing_ok=True)
             return cls(path)
         if not name or name in (".", "..") or "/" in name or "\\" in name:
             raise UsageError("a run name cannot be a path", name,

@@ -67,3 +67,15 @@ def test_atomic_writes_follow_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "model.json").stat().st_mode & 0o777 == 0o644
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_out_folder_holding_a_run_is_refused_and_a_stale_log_is_dropped(tmp_path):
+    done = tmp_path / "done"
+    (done / "checkpoint").mkdir(parents=True)
+    with pytest.raises(UsageError, match="already holds a run"):
+        RunDir.create("x", done)
+    stale = tmp_path / "stale"  # stopped before its first checkpoint: its log only
+    stale.mkdir()
+    (stale / "metrics.jsonl").write_text('{"step": 1}\n')
+    RunDir.create("x", stale)
+    assert not (stale / "metrics.jsonl").exists()
