@@ -125,8 +125,8 @@ class MetaTrainStage(Stage):
                              "with train.objective=ssl/both and meta-train from that run")
         self.image_size = config.data.image_size or task.image_size
         cache = cache_options(config, quiet)
+        check_objectives(config, world, uses="set train.align=mmd or dann")
         unlabeled = load_unlabeled(config, task, self.image_size, cache)
-        check_objectives(t, unlabeled, world, uses="set train.align=mmd or dann")
         self.base_images, self.base = load_split_images(task, "base", self.image_size, **cache)
         self.val = None
         if task.classes("val"):

@@ -46,17 +46,19 @@ def load_unlabeled(config: Config, task: Task, image_size: int, cache: dict[str,
                                   workers=cache["workers"], quiet=cache["quiet"]))
 
 
-def check_objectives(t, unlabeled: Tensor | None, world, uses: str = "set "
-                     "train.objective=both or ssl, or train.align=mmd or dann") -> None:
-    """Unlabeled images and the objectives that use them come together, in one process."""
+def check_objectives(config: Config, world, uses: str = "set "
+                       "train.objective=both or ssl, or train.align=mmd or dann") -> None:
+    """Unlabeled images and the objectives that use them come together, in one process;
+    checked before any image is read."""
     from fewshot.errors import UsageError
 
+    t, given = config.train, bool(config.data.unlabeled)
     wanted = t.objective != "supervised" or t.align != "none"
-    if wanted and unlabeled is None:
+    if wanted and not given:
         raise UsageError(f"train.objective={t.objective} and train.align={t.align} need "
                          "unlabeled images", "data.unlabeled",
                          "pass --unlabeled DIR (or set data.unlabeled)")
-    if unlabeled is not None and not wanted:
+    if given and not wanted:
         raise UsageError("unlabeled images given, but nothing uses them", "--unlabeled",
                          uses)
     if wanted and world.distributed:

@@ -133,8 +133,8 @@ class PretrainStage(Stage):
         self.world = world
         self.image_size = config.data.image_size or task.image_size
         cache = cache_options(config, quiet)
+        check_objectives(config, world)
         unlabeled = load_unlabeled(config, task, self.image_size, cache)
-        check_objectives(t, unlabeled, world)
         self.base_images, self.base = load_split_images(task, "base", self.image_size,
                                                         **cache) \
             if task.classes("base") or t.objective != "ssl" else (None, None)
