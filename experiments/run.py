@@ -291,9 +291,13 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
                   "| row | shots | queries | episodes | accuracy % | macro-F1 % | AUROC % | "
                   "vs reference, points | protocol | train min | eval s | load avg |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        printed = set()  # a row two groups share (a reference of their own) prints once
         for r in sorted((r for r in rows if r["task"] == task),
                         key=lambda r: (r.get("query_imbalance") is not None,
                                        shots_order(r["shots"]), rows.index(r))):
+            if (seen := (r["label"], r["shots"], r.get("query_imbalance"))) in printed:
+                continue
+            printed.add(seen)
             p = r["paired"]
             vs = ("reference" if p["reference"] == r["label"] else
                   f"{100 * p['mean']:+.1f} ± {100 * p['ci95']:.1f} vs {p['reference']}")

@@ -38,8 +38,10 @@ def test_matches_easyfsl_on_the_same_features_and_episodes(ours: str, theirs: st
     methods = pytest.importorskip("easyfsl.methods")
     base_mean = torch.full((32,), 1.0)
     mine = build_head(ours, nn.Identity(), base_mean=base_mean)
+    options = ({"fine_tuning_steps": mine.steps, "fine_tuning_lr": mine.lr}
+               if ours == "tim" else {})  # our defaults, chosen on val, are not theirs
     reference = getattr(methods, theirs)(nn.Identity(), feature_centering=base_mean,
-                                         feature_normalization=2)
+                                         feature_normalization=2, **options)
     ours_acc, theirs_acc = accuracy(mine), accuracy(reference)
     assert abs(ours_acc - theirs_acc) < 0.01, (ours_acc, theirs_acc)
 
@@ -87,3 +89,21 @@ def test_imbalanced_queries_are_seeded_class_major_and_recorded(tmp_path) -> Non
     result = evaluate(["pixels"], ["simpleshot", "tim"], task, ways=2, shots=2, queries=3,
                       episodes=4, query_imbalance=2.0, quiet=True)
     assert result["query_imbalance"] == 2.0 and result["protocol"] == "mixed"
+
+
+def test_alpha_tim_tends_to_tim_and_refuses_alpha_at_most_one() -> None:
+    from fewshot.errors import UsageError
+    from fewshot.methods.tim import entropy
+
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.4, 0.4]])
+    assert torch.allclose(entropy(probs, 1.0001), entropy(probs, None), atol=1e-3)
+    assert torch.allclose(entropy(probs, 2.0), 1 - probs.pow(2).sum(-1))
+    support, labels, query, _ = next(episodes(1))
+    near, shannon = (build_head("tim", nn.Identity(), lr=0.01, alpha=a) for a in (1.0001, None))
+    far = build_head("tim", nn.Identity(), lr=0.01, alpha=5.0)
+    for head in (near, shannon, far):
+        head.process_support_set(support, labels)
+    assert torch.allclose(near(query), shannon(query), atol=1e-2)
+    assert not torch.allclose(far(query), shannon(query), atol=1e-2)
+    with pytest.raises(UsageError, match="alpha above 1"):
+        build_head("tim", nn.Identity(), alpha=1.0)
