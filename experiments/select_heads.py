@@ -48,9 +48,6 @@ def main() -> None:
         kept = [line for line in out.read_text().splitlines()[6:]
                 if line.startswith("| ") and line.split(" ")[1].split(":")[0]
                 not in args.only]
-        kept = [line if line.count("|") == 7 else  # rows written before the queries column
-                line.replace(" | ", " | balanced | ", 2).replace(" | balanced | ", " | ", 1)
-                for line in kept]
     lines = ["# Head settings chosen on val", "",
              f"`python experiments/select_heads.py`: val split of `tasks/wbc-to-rbc.yaml` "
              f"(five red-cell morphologies wbc-v1 never trained on), 5-way, 15 queries, "
