@@ -1,4 +1,4 @@
-"""Transductive heads (bd-cspn, tim): against easyfsl's own implementations on the same
+"""Transductive heads (bd-cspn, tim, tim-probe): against easyfsl's own implementations on the same
 features and episodes, labelled transductive, and falling back to their inductive rule
 when the query batch is too small to use."""
 
@@ -62,7 +62,7 @@ def test_uses_the_query_batch_and_says_so(name: str) -> None:
                           @ torch.nn.functional.normalize(head.prototypes).T, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["bd-cspn", "tim"])
+@pytest.mark.parametrize("name", ["bd-cspn", "tim", "tim-probe"])
 def test_is_deterministic(name: str) -> None:
     first = build_head(name, nn.Identity())
     second = build_head(name, nn.Identity())
@@ -107,3 +107,24 @@ def test_alpha_tim_tends_to_tim_and_refuses_alpha_at_most_one() -> None:
     assert not torch.allclose(far(query), shannon(query), atol=1e-2)
     with pytest.raises(UsageError, match="alpha above 1"):
         build_head("tim", nn.Identity(), alpha=1.0)
+
+
+def test_tim_probe_is_the_linear_probe_plus_the_query_batch() -> None:
+    from fewshot.errors import UsageError
+
+    base_mean = torch.full((32,), 1.0)
+    probe = build_head("linear-probe", nn.Identity(), base_mean=base_mean)
+    plain = build_head("tim-probe", nn.Identity(), base_mean=base_mean,
+                       marginal_entropy_weight=0, conditional_entropy_weight=0)
+    head = build_head("tim-probe", nn.Identity(), base_mean=base_mean)
+    assert head.transductive and head.protocol == "transductive" and head.feature_based
+    support, labels, query, _ = next(episodes(1, shots=1))
+    for h in (probe, plain, head):
+        h.process_support_set(support, labels)
+    assert torch.allclose(plain(query), probe(query), atol=1e-5)  # no query terms: the probe
+    assert not torch.allclose(head(query), probe(query), atol=1e-3)
+    assert not torch.allclose(head(query[:1]), head(query)[:1])  # depends on the batch...
+    assert torch.allclose(head(query[:3]), probe(query[:3]), atol=1e-5)  # ...unless too small
+    assert accuracy(head, shots=1) > accuracy(probe, shots=1)  # the batch helps here
+    with pytest.raises(UsageError, match="alpha above 1"):
+        build_head("tim-probe", nn.Identity(), alpha=0.5)

@@ -11,7 +11,8 @@ from rows.blood_rare_rbc import TASK as BLOOD_TASK
 from rows.wbc_to_rbc import TASK as WBC_TASK
 from rows.wbc_to_rbc import WBC_V1
 
-HEADS = [("bd-cspn", "BD-CSPN"), ("tim", "TIM"), ("pt-map", "PT-MAP")]
+HEADS = [("bd-cspn", "BD-CSPN"), ("tim", "TIM"), ("tim-probe", "TIM on the linear probe"),
+         ("pt-map", "PT-MAP")]
 
 for task, model, stages, name in ((BLOOD_TASK, "blood-v1", [], "shipped blood-v1"),
                                   (WBC_TASK, WBC_V1.name, [WBC_V1], WBC_V1.name)):

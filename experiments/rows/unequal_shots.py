@@ -22,6 +22,7 @@ register(Group(
            Pair("blood-v1", "siamese", "shipped blood-v1 + siamese (untrained pair score)"),
            Pair("blood-v1", "bd-cspn", "shipped blood-v1 + BD-CSPN"),
            Pair("blood-v1", "tim", "shipped blood-v1 + TIM"),
+           Pair("blood-v1", "tim-probe", "shipped blood-v1 + TIM on the linear probe"),
            Pair("blood-v1", "pt-map", "shipped blood-v1 + PT-MAP"),
            Pair("blood-v1", "finetune", "shipped blood-v1 + finetune (freeze-then-unfreeze)",
                 episodes=FINETUNE_EPISODES)]))

@@ -13,4 +13,5 @@ from fewshot.methods import (  # noqa: F401
     siamese,
     simpleshot,
     tim,
+    tim_probe,
 )

@@ -15,6 +15,8 @@ weights (every image counts once).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,8 +34,11 @@ def balanced_weights(labels: Tensor, ways: int | None = None) -> Tensor:
 
 def train_linear(features: Tensor, labels: Tensor, steps: int, lr: float,
                  temperature: float, weight_decay: float = 5e-4,
-                 balance: bool = True) -> nn.Linear:
-    """A linear layer initialised from prototypes and fitted with `steps` Adam steps."""
+                 balance: bool = True, query: Tensor | None = None,
+                 query_loss: Callable[[Tensor], Tensor] | None = None) -> nn.Linear:
+    """A linear layer initialised from prototypes and fitted with `steps` Adam steps;
+    `query_loss(query probabilities)` is added to the support loss when given (a
+    transductive probe)."""
     ways = int(labels.max()) + 1
     linear = nn.Linear(features.shape[-1], ways).to(features.device)
     with torch.no_grad():
@@ -44,7 +49,10 @@ def train_linear(features: Tensor, labels: Tensor, steps: int, lr: float,
     with torch.enable_grad():
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(linear(features), labels, weight=weight).backward()
+            loss = F.cross_entropy(linear(features), labels, weight=weight)
+            if query is not None and query_loss is not None:
+                loss = loss + query_loss(linear(query).softmax(-1))
+            loss.backward()
             optimizer.step()
     return linear.requires_grad_(False)
 

@@ -36,6 +36,20 @@ def entropy(probs: Tensor, alpha: float | None) -> Tensor:
     return (1 - probs.pow(alpha).sum(-1)) / (alpha - 1)
 
 
+def information_loss(query_probs: Tensor, marginal_weight: float, conditional_weight: float,
+                     alpha: float | None = None) -> Tensor:
+    """Minus TIM's weighted mutual information between the queries and their labels: the
+    conditional entropy (confident predictions) minus the marginal one (balanced classes)."""
+    return (conditional_weight * entropy(query_probs, alpha).mean()
+            - marginal_weight * entropy(query_probs.mean(0), alpha))
+
+
+def check_alpha(head: str, alpha: float | None) -> None:
+    if alpha is not None and alpha <= 1:
+        raise UsageError(f"head '{head}' needs alpha above 1, got {alpha}", "alpha",
+                         "give alpha=2 (alpha-TIM) or alpha=null (Shannon entropies)")
+
+
 @register_head("tim")
 class TIM(TransductivePrototypes):
     def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None,
@@ -44,9 +58,7 @@ class TIM(TransductivePrototypes):
                  conditional_entropy_weight: float = 0.1, power: float | None = None,
                  alpha: float | None = None, base_features: Tensor | None = None) -> None:
         super().__init__(encoder, base_mean, temperature, power, base_features)
-        if alpha is not None and alpha <= 1:
-            raise UsageError(f"head 'tim' needs alpha above 1, got {alpha}", "alpha",
-                             "give alpha=2 (alpha-TIM) or alpha=null (Shannon entropies)")
+        check_alpha("tim", alpha)
         self.steps, self.lr, self.alpha = steps, lr, alpha
         self.weights = (cross_entropy_weight, marginal_entropy_weight,
                         conditional_entropy_weight)
@@ -61,10 +73,8 @@ class TIM(TransductivePrototypes):
                 support_logits = self.temperature * cosine(self.support_features, prototypes)
                 query_probs = (self.temperature * cosine(query, prototypes)).softmax(-1)
                 cross_entropy = F.cross_entropy(support_logits, self.support_labels)
-                conditional = entropy(query_probs, self.alpha).mean()
-                marginal_entropy = entropy(query_probs.mean(0), self.alpha)
-                loss = ce_weight * cross_entropy - (marginal_weight * marginal_entropy
-                                                    - conditional_weight * conditional)
+                loss = ce_weight * cross_entropy + information_loss(
+                    query_probs, marginal_weight, conditional_weight, self.alpha)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -1,0 +1,46 @@
+"""TIM on the linear probe: the probe's classifier, fitted with TIM's query terms added.
+
+The linear probe (weights started at the prototypes, a bias, `steps` full-batch Adam steps
+on the class-balanced support cross-entropy) with TIM's information terms on the query
+batch in the same loss: the conditional entropy (confident predictions) minus the marginal
+entropy (balanced classes), weighted as in `tim`. TIM itself fits cosine prototypes with no
+bias; this head keeps everything the probe learns from the support and only adds the
+batch. `marginal_entropy_weight` below 1 trusts the balance of the batch less (imbalanced
+queries); `alpha` gives alpha-TIM's Tsallis entropies. With fewer than two queries a class
+on average, it is the linear probe (inductive). Deterministic, as the probe is.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import Tensor, nn
+
+from fewshot.methods.base import register_head
+from fewshot.methods.common import MIN_QUERIES_PER_CLASS, transform_features
+from fewshot.methods.linear_probe import train_linear
+from fewshot.methods.tim import check_alpha, information_loss
+from fewshot.methods.transductive import TransductivePrototypes
+
+
+@register_head("tim-probe")
+class TIMProbe(TransductivePrototypes):
+    def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None,
+                 steps: int = 100, lr: float = 0.01, temperature: float = 10.0,
+                 marginal_entropy_weight: float = 1.0, conditional_entropy_weight: float = 0.1,
+                 alpha: float | None = None, power: float | None = None,
+                 base_features: Tensor | None = None, balance: bool = True) -> None:
+        super().__init__(encoder, base_mean, temperature, power, base_features)
+        check_alpha("tim-probe", alpha)
+        self.steps, self.lr, self.balance = steps, lr, balance
+        self.query_loss = partial(information_loss, marginal_weight=marginal_entropy_weight,
+                                  conditional_weight=conditional_entropy_weight, alpha=alpha)
+
+    def forward(self, query: Tensor) -> Tensor:
+        features = transform_features(self.encoder(query), self.power, self.base_mean)
+        batch = (features.detach() if len(features) >= MIN_QUERIES_PER_CLASS
+                 * self.prototypes.shape[0] else None)  # too few to use: the plain probe
+        linear = train_linear(self.support_features.detach(), self.support_labels, self.steps,
+                              self.lr, self.temperature, balance=self.balance, query=batch,
+                              query_loss=self.query_loss)
+        return linear(features)
