@@ -18,8 +18,10 @@ from test_neardup import crop, reencoded, smear
 
 from conftest import make_folder, run_cli, write_image, write_tiny_task
 from fewshot.alignment import align_head, reestimate_batchnorm
+from fewshot.data import cache
+from fewshot.data.folders import load_tensor
 from fewshot.data.images import Normalize
-from fewshot.data.unlabeled import find_unlabeled, refuse_overlap
+from fewshot.data.unlabeled import ANALYSIS_SIZE, find_unlabeled, refuse_overlap
 from fewshot.errors import DataError, UsageError
 from fewshot.features import embed
 from fewshot.methods import build_head
@@ -98,6 +100,24 @@ def test_unlabeled_folders_in_any_layout(tmp_path, capsys):
         find_unlabeled([tmp_path / "empty"])
     with pytest.raises(UsageError):
         find_unlabeled([tmp_path / "missing"])
+
+
+def test_unlabeled_images_are_decoded_once(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        write_image(tmp_path / "u" / f"{i}.png", rng, size=40)
+    found = find_unlabeled([tmp_path / "u"])
+
+    def decode_again(*args, **kwargs):
+        raise AssertionError("decoded a second time")
+
+    monkeypatch.setattr(cache, "decode_into", decode_again)
+    pixels = found.images(ANALYSIS_SIZE)  # what the near-duplicate check reads
+    expected = torch.stack([torch.from_numpy(load_tensor(p, ANALYSIS_SIZE))
+                            for p in found.paths])
+    assert torch.equal(pixels, expected)
+    with pytest.raises(AssertionError, match="second time"):
+        found.images(32)  # another size is decoded (here: refused) as usual
 
 
 def test_overlap_is_refused_by_path_content_and_near_duplicate(tmp_path):

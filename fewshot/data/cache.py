@@ -74,11 +74,13 @@ def decode_into(array: np.ndarray, paths: Sequence[str | Path], size: int,
 
 
 def cached_array(paths: Sequence[str | Path], size: int, directory: str | Path | None = None,
-                 workers: int | None = None, quiet: bool = False) -> np.ndarray:
+                 workers: int | None = None, quiet: bool = False,
+                 decoded: np.ndarray | None = None) -> np.ndarray:
     """The images as a read-only memory-mapped uint8 `[N, 3, size, size]` array.
 
     Built on first use (written to a temporary file, then renamed, so a crash or a
-    concurrent run never leaves a half-written cache behind).
+    concurrent run never leaves a half-written cache behind), from `decoded` when the
+    caller has already decoded them at this size.
     """
     folder = cache_dir(directory)
     try:
@@ -92,7 +94,10 @@ def cached_array(paths: Sequence[str | Path], size: int, directory: str | Path |
         temp = folder / f".{target.stem}.{os.getpid()}.tmp.npy"
         try:
             array = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
-            decode_into(array, paths, size, workers, quiet)
+            if decoded is not None and decoded.shape == shape:
+                array[:] = decoded
+            else:
+                decode_into(array, paths, size, workers, quiet)
             array.flush()
             del array
             os.replace(temp, target)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from torch import Tensor
 
 from fewshot.data.cache import as_tensor, cached_array
@@ -55,15 +56,19 @@ def find_unlabeled(folders: Sequence[str | Path], quiet: bool = True) -> Unlabel
             raise UsageError("unlabeled folder not found", folder,
                              "pass a folder of images (any layout) to --unlabeled")
     paths = sorted(dict.fromkeys(expand_paths(list(folders), quiet=quiet)))
-    readable = []
+    readable, decoded = [], []
     for path, result in zip(paths, load_many(paths, ANALYSIS_SIZE, quiet=quiet), strict=True):
         if isinstance(result, str):
             print(f"warning: unlabeled image left out: {path}: {result}", file=sys.stderr)
         else:
             readable.append(path)
+            decoded.append(result)
     if not readable:
         raise DataError("no readable images in the unlabeled folder(s)", folders[0],
                         "put image files (any layout) in the folder")
+    # the near-duplicate check reads them at this size: the cache keeps this decoding
+    cached_array(readable, ANALYSIS_SIZE, quiet=True, decoded=np.stack(decoded))
+    del decoded
     return Unlabeled([Path(f) for f in folders], readable,
                      [sha256_file(p) for p in readable])
 
