@@ -55,9 +55,10 @@ SetOpt = Annotated[list[str] | None, _opt("--set", metavar="KEY=VALUE", help="Ov
                                           "config key, e.g. --set train.lr=0.01 (repeatable).")]
 OutOpt = Annotated[Path | None, _opt("--out", metavar="RUN_DIR",
                                      help="Run directory (default runs/<name>-<time>).")]
+RESUME_DEFAULT = "runs/latest"
 ResumeOpt = Annotated[str | None, _opt(
-    "--resume", is_flag=False, flag_value="runs/latest", metavar="[RUN_DIR]",
-    help="Continue a run from its checkpoint (default runs/latest).")]
+    "--resume", metavar="[RUN_DIR]",
+    help=f"Continue a run from its checkpoint (default {RESUME_DEFAULT}).")]
 DataRootOpt = Annotated[str | None, _opt("--data-root", envvar="FEWSHOT_DATA", metavar="DIR",
                                          help="Root of the task's datasets.")]
 UnlabeledOpt = Annotated[list[Path] | None, _opt(
@@ -645,6 +646,17 @@ def _click_error(exc: BaseException) -> int | None:
     return None
 
 
+def optional_values(args: list[str]) -> list[str]:
+    """`--resume` without a value means `--resume runs/latest`: the value is filled in here
+    because Typer is dropping Click's optional option values (`flag_value`)."""
+    filled = []
+    for i, arg in enumerate(args):
+        filled.append(arg)
+        if arg == "--resume" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            filled.append(RESUME_DEFAULT)
+    return filled
+
+
 def main() -> None:
     """Console entry point: maps failures to one-line errors and their exit codes."""
     debug = os.environ.get("FEWSHOT_DEBUG") == "1"
@@ -652,7 +664,7 @@ def main() -> None:
         warnings.showwarning = lambda message, *_, **__: print(
             f"warning: {str(message).splitlines()[0]}", file=sys.stderr)
     try:
-        code = app(standalone_mode=False)
+        code = app(args=optional_values(sys.argv[1:]), standalone_mode=False)
     except FewShotError as exc:
         if debug:
             raise

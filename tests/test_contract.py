@@ -200,6 +200,18 @@ def test_help_lists_every_built_in_head() -> None:
                                            if c.__module__.startswith("fewshot.")}
 
 
+def test_a_bare_resume_means_runs_latest() -> None:
+    from fewshot.cli import optional_values
+
+    assert optional_values(["meta-train", "--resume"]) == ["meta-train", "--resume",
+                                                            "runs/latest"]
+    assert optional_values(["pretrain", "--resume", "--quiet"])[2] == "runs/latest"
+    assert optional_values(["pretrain", "--resume", "runs/a"]) == ["pretrain", "--resume",
+                                                                   "runs/a"]
+    help_text = run_cli("meta-train", "--help").stdout
+    assert "--resume" in help_text and "[RUN_DIR]" in help_text
+
+
 def test_training_never_opens_a_novel_file_and_refuses_a_shared_one(tmp_path) -> None:
     """Novel images are garbage bytes here: pretrain and meta-train still run, since they
     never decode them; a val file that is a link to a novel one stops training (exit 2)."""

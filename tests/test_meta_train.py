@@ -146,8 +146,10 @@ def test_ctrl_c_saves_exits_130_and_resume_finishes(tiny_task, tmp_path):
     assert 4 <= stopped_at < 120
     load_file(run_dir / "checkpoint/last.safetensors")
 
-    done = run_cli("meta-train", "--quiet", "--resume", str(run_dir), "--set",
-                   "train.patience=1000", cwd=tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "latest").symlink_to(run_dir)  # a bare --resume takes runs/latest
+    done = run_cli("meta-train", "--quiet", "--resume", "--set", "train.patience=1000",
+                   cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     meta = json.loads((run_dir / "model.json").read_text())
     assert meta["metrics"]["episodes_trained"] == 120
