@@ -24,6 +24,9 @@ STAGES = {
     "wbc-1ep-simclr": Stage("wbc-1ep-simclr", "pretrain", "configs/wbc-v1.yaml",
                             BASE + [f"train.epoch_size={EPOCH // 3}", "train.objective=both",
                                     STREAM]),
+    "wbc-1ep-byol": Stage("wbc-1ep-byol", "pretrain", "configs/wbc-v1.yaml",
+                          BASE + [f"train.epoch_size={EPOCH // 3}", "train.objective=both",
+                                  "train.ssl=byol", STREAM]),
     # no labels at all: the white cells and the unlabeled red cells, two views a step
     "wbc-1ep-ssl": Stage("wbc-1ep-ssl", "pretrain", "configs/wbc-v1.yaml",
                          BASE + [f"train.epoch_size={EPOCH // 2}", "train.objective=ssl",
@@ -34,6 +37,7 @@ LABELS = {"wbc-1ep": "one epoch's budget, supervised",
           "wbc-1ep-mmd": "same budget, + MMD alignment to unlabeled red cells",
           "wbc-1ep-dann": "same budget, + DANN alignment to unlabeled red cells",
           "wbc-1ep-simclr": "same budget, + SimCLR on unlabeled red cells",
+          "wbc-1ep-byol": "same budget, + BYOL on unlabeled red cells",
           "wbc-1ep-ssl": "same budget, SimCLR alone on white and red cells, no labels"}
 
 register(Group(
