@@ -1,6 +1,7 @@
-"""Transductive heads (bd-cspn, tim, tim-probe): against easyfsl's own implementations on the same
-features and episodes, labelled transductive, and falling back to their inductive rule
-when the query batch is too small to use."""
+"""Transductive heads: bd-cspn and tim against easyfsl's own implementations on the same
+features and episodes, tim-probe against the linear probe it extends; all labelled
+transductive, and falling back to their inductive rule when the query batch is too small
+to use."""
 
 from __future__ import annotations
 

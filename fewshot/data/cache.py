@@ -75,12 +75,12 @@ def decode_into(array: np.ndarray, paths: Sequence[str | Path], size: int,
 
 def cached_array(paths: Sequence[str | Path], size: int, directory: str | Path | None = None,
                  workers: int | None = None, quiet: bool = False,
-                 decoded: np.ndarray | None = None) -> np.ndarray:
+                 decoded: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """The images as a read-only memory-mapped uint8 `[N, 3, size, size]` array.
 
     Built on first use (written to a temporary file, then renamed, so a crash or a
-    concurrent run never leaves a half-written cache behind), from `decoded` when the
-    caller has already decoded them at this size.
+    concurrent run never leaves a half-written cache behind), from `decoded` (image i at
+    this size, in `paths` order) when the caller has already decoded them.
     """
     folder = cache_dir(directory)
     try:
@@ -94,8 +94,9 @@ def cached_array(paths: Sequence[str | Path], size: int, directory: str | Path |
         temp = folder / f".{target.stem}.{os.getpid()}.tmp.npy"
         try:
             array = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
-            if decoded is not None and decoded.shape == shape:
-                array[:] = decoded
+            if decoded is not None:  # row by row: no second full copy in memory
+                for index, image in enumerate(decoded):
+                    array[index] = image
             else:
                 decode_into(array, paths, size, workers, quiet)
             array.flush()

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from torch import Tensor
 
 from fewshot.data.cache import as_tensor, cached_array
@@ -67,7 +66,7 @@ def find_unlabeled(folders: Sequence[str | Path], quiet: bool = True) -> Unlabel
         raise DataError("no readable images in the unlabeled folder(s)", folders[0],
                         "put image files (any layout) in the folder")
     # the near-duplicate check reads them at this size: the cache keeps this decoding
-    cached_array(readable, ANALYSIS_SIZE, quiet=True, decoded=np.stack(decoded))
+    cached_array(readable, ANALYSIS_SIZE, quiet=True, decoded=decoded)
     del decoded
     return Unlabeled([Path(f) for f in folders], readable,
                      [sha256_file(p) for p in readable])
