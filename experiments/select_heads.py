@@ -20,9 +20,20 @@ from fewshot.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = ROOT / "tasks" / "wbc-to-rbc.yaml"
-IMBALANCED = {"tim", "tim-probe"}
-"""Heads whose query-batch terms assume balanced queries: scored with queries split by a
-Dirichlet draw (alpha 2) too, so a setting is not chosen for balanced episodes alone."""
+IMBALANCED = {"tim", "tim-probe", "laplacianshot", "laplacianshot-probe"}
+"""Heads that use the query batch (TIM's terms assume it balanced): scored with queries split
+by a Dirichlet draw (alpha 2) too, so a setting is not chosen for balanced episodes alone."""
+UNLABELED = {"linear-probe-mmd": ROOT / "experiments" / "runs" / "unlabeled-rbc"}
+"""Groups scored with `--unlabeled` (python experiments/unlabeled_rbc.py builds it); their
+rows end in `--unlabeled`."""
+
+
+def group_of(line: str) -> str:
+    cell = line.split("|")[1].strip()
+    if cell.endswith("--unlabeled"):
+        return next(name for name in UNLABELED if cell.startswith(name.split("-mmd")[0]))
+    return next((name for name, heads in CANDIDATES.items() if cell in heads),
+                cell.split(":")[0])
 CANDIDATES = {
     "linear-probe": ["linear-probe", "linear-probe:steps=200", "linear-probe:lr=0.05",
                      "linear-probe:power=0.5"],
@@ -33,6 +44,17 @@ CANDIDATES = {
             "tim:lr=0.01,conditional_entropy_weight=0.3", "tim:lr=0.01,power=0.5",
             "tim:lr=0.01,alpha=2", "tim:lr=0.01,alpha=5"],
     # first: both query weights at 0, which is the linear probe itself (the reference)
+    "laplacianshot": ["laplacianshot", "laplacianshot:lam=0.3", "laplacianshot:lam=1.5",
+                      "laplacianshot:lam=3", "laplacianshot:neighbours=5",
+                      "laplacianshot:rectify=false"],
+    # first: no graph, which is the linear probe itself (the reference)
+    "laplacianshot-probe": ["laplacianshot:probe=true,lam=0", "laplacianshot:probe=true",
+                            "laplacianshot:probe=true,lam=0.3",
+                            "laplacianshot:probe=true,lam=1.5",
+                            "laplacianshot:probe=true,lam=3"],
+    # under --unlabeled (the red-cell stream, neither val nor novel): the aligned probe first
+    "linear-probe-mmd": ["linear-probe", "linear-probe:mmd_weight=0.3",
+                         "linear-probe:mmd_weight=1", "linear-probe:mmd_weight=3"],
     "tim-probe": ["tim-probe:marginal_entropy_weight=0,conditional_entropy_weight=0",
                   "tim-probe", "tim-probe:conditional_entropy_weight=0.3",
                   "tim-probe:conditional_entropy_weight=1",
@@ -53,8 +75,7 @@ def main() -> None:
     kept = []
     if args.only and out.is_file():  # the other heads' rows stay as they were
         kept = [line for line in out.read_text().splitlines()[6:]
-                if line.startswith("| ") and line.split(" ")[1].split(":")[0]
-                not in args.only]
+                if line.startswith("| ") and group_of(line) not in args.only]
     lines = ["# Head settings chosen on val", "",
              f"`python experiments/select_heads.py`: val split of `tasks/wbc-to-rbc.yaml` "
              f"(five red-cell morphologies wbc-v1 never trained on), 5-way, 15 queries, "
@@ -73,7 +94,8 @@ def main() -> None:
         for imbalance, shots in ((i, s) for i in imbalances for s in (1, 5)):
             result = evaluate([args.model], heads, TASK, split="val", ways=5, shots=shots,
                               queries=15, episodes=args.episodes, seed=0, device="cpu",
-                              quiet=True, query_imbalance=imbalance)
+                              quiet=True, query_imbalance=imbalance,
+                              unlabeled=[UNLABELED[name]] if name in UNLABELED else None)
             load = os.getloadavg()[0]
             queries = "balanced" if imbalance is None else f"α={imbalance:g}"
             for i, row in enumerate(result["results"]):
@@ -82,7 +104,8 @@ def main() -> None:
                     "{mean:+.1f} ± {ci:.1f}".format(
                         mean=100 * result["paired"][i - 1]["accuracy_difference"]["mean"],
                         ci=100 * result["paired"][i - 1]["accuracy_difference"]["ci95"]))
-                lines.append(f"| {heads[i]} | {shots} | {queries} | {100 * acc['mean']:.1f} ± "
+                spec = heads[i] + (" --unlabeled" if name in UNLABELED else "")
+                lines.append(f"| {spec} | {shots} | {queries} | {100 * acc['mean']:.1f} ± "
                              f"{100 * acc['ci95']:.1f} | {vs} | {load:.2f} |")
                 print(lines[-1], flush=True)
     out.write_text("\n".join(lines) + "\n")

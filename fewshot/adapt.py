@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fewshot.alignment import align_head
+from fewshot.alignment import align_head, require_unlabeled
 from fewshot.assembly import load_model, model_transform
 from fewshot.calibration import fit_temperature, fold_count, out_of_fold_logits, record
 from fewshot.data.files import load_many, sha256_file, try_load
@@ -221,6 +221,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
         # an unknown method or option is exit 2 before any image is read
         method, options = parse_head_spec(method or default_method(meta), "method")
         head, options = build_for_adapt(base, method, seed, options)
+        require_unlabeled(head, bool(unlabeled), "--method")
         # --keep-base needs a head that takes extra classes as prototypes: a feature-based
         # one whose number of ways is not fixed when it is built (ANIL's classifier is).
         if keep_base and (not head.feature_based or "ways" in head.options()):

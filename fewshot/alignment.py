@@ -6,7 +6,8 @@ shifted and scaled away from them, and the features collapse. Re-estimating the
 statistics on unlabeled images of the new domain (AdaBN, Li et al. 2016) and centring the
 features on those images' mean, instead of the base classes' mean, removes the first- and
 second-order shift at no training cost. `adapt --unlabeled` and `evaluate --unlabeled`
-apply it to the encoder before any support image is seen.
+apply it to the encoder before any support image is seen. A head that uses the unlabeled
+images while it fits (`linear-probe:mmd_weight`) gets their features here too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.data.images import Normalize
+from fewshot.errors import UsageError
 from fewshot.features import embed
 from fewshot.methods.common import centring_mean
 
@@ -56,12 +58,26 @@ def align_head(head: nn.Module, images: Tensor, normalize: Normalize,
     like the head's own features. Returns what was done, for the JSON records."""
     encoder = head.encoder
     layers = reestimate_batchnorm(encoder, images, normalize, device)
-    centred = False
-    if isinstance(getattr(head, "base_mean", None), Tensor):
+    centres = isinstance(getattr(head, "base_mean", None), Tensor)
+    wants = hasattr(head, "unlabeled_features")
+    if centres or wants:
         features = embed(encoder, images, normalize, device, quiet=quiet,
                          description="embedding unlabeled images")
+    if centres:
         power = getattr(head, "power", None)
         head.base_mean = centring_mean(power, features.mean(0), features).to(
             head.base_mean.device if head.base_mean.numel() else device)
-        centred = True
-    return {"images": len(images), "batchnorm_layers": layers, "centred": centred}
+    record = {"images": len(images), "batchnorm_layers": layers, "centred": centres}
+    if wants:
+        head.unlabeled_features = features.to(device)
+        if getattr(head, "needs_unlabeled", False):
+            record["mmd_images"] = min(len(features), head.mmd_images)
+    return record
+
+
+def require_unlabeled(head: nn.Module, given: bool, option: str) -> None:
+    """A head option that fits on unlabeled images is exit 2 without them, before any
+    image is read."""
+    if getattr(head, "needs_unlabeled", False) and not given:
+        raise UsageError(f"{head.name}:mmd_weight aligns to unlabeled images, and none were "
+                         "given", option, "pass --unlabeled DIR, or drop mmd_weight")

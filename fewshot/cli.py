@@ -39,7 +39,7 @@ screen = Console(highlight=False, soft_wrap=True)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors.")]
 HEAD_NAMES = ("protonet, simpleshot, linear-probe, finetune, maml, fomaml, anil, metasgd, "
-              "bd-cspn, tim, tim-probe, pt-map, siamese")
+              "bd-cspn, tim, tim-probe, pt-map, laplacianshot, siamese")
 """The built-in heads, for help texts (which must not import torch to list them)."""
 
 

@@ -108,7 +108,8 @@ class TrainConfig(Section):
     objective: Literal["supervised", "ssl", "both"] = "supervised"
     """Pretrain: cross-entropy on the base classes, self-supervision on the unlabeled
     images (no labels at all), or both added."""
-    ssl: Literal["simclr", "byol"] = "simclr"
+    ssl: Literal["simclr", "byol"] = "byol"
+    """Chosen by measurement: experiments/rows/unlabeled_training.py (BYOL over SimCLR)."""
     ssl_weight: float = Field(default=1.0, ge=0)
     align: Literal["none", "mmd", "dann"] = "none"
     """Pretrain: align the base features with those of the unlabeled (target) images."""

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fewshot.alignment import align_head
+from fewshot.alignment import align_head, require_unlabeled
 from fewshot.assembly import load_model, model_transform
 from fewshot.data.episodes import EpisodeSampler, Shots, check_shots, parse_shots, shots_json
 from fewshot.data.images import Normalize, decode_all, load_split_images
@@ -231,6 +231,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
     for spec, (head_name, options) in pairs:
         context = {"seed": seed, **(head_options or {})}
         head, size, normalize = cache.build(spec, head_name, context, options)
+        require_unlabeled(head, found is not None, "--head")
         alignment = None
         if found:
             alignment = align_head(head, found.images(size, quiet), normalize, cache.device,

@@ -190,7 +190,9 @@ def render_card(doc: dict[str, Any]) -> str:
                   "(listed with their sha256 in adapted.json) before the support set was "
                   f"seen: batch-norm statistics of {a['batchnorm_layers']} layers "
                   "re-estimated on them" + (", features centred on their mean feature"
-                                            if a["centred"] else "") + ". None of them is "
+                                            if a["centred"] else "")
+                  + (f", and the probe fitted with an MMD term on {a['mmd_images']} of them"
+                     if a.get("mmd_images") else "") + ". None of them is "
                   "an image of the adapt folder (checked by path, content and "
                   "near-duplicate search)."]
     if doc.get("cv"):

@@ -108,6 +108,8 @@ class Alignment(Document):
     """Batch-norm layers whose statistics were re-estimated on the unlabeled images."""
     centred: bool
     """The head's centring mean is the unlabeled images' mean feature."""
+    mmd_images: int | None = Field(default=None, ge=2)
+    """`linear-probe:mmd_weight`: the unlabeled images its MMD term was fitted on."""
 
 
 class SkippedFile(Document):

@@ -20,8 +20,9 @@ from test_pretrain_evaluate import TINY, _wait_for
 
 from conftest import run_cli, write_image, write_tiny_task
 from fewshot.config import load_config
+from fewshot.methods.common import mmd
 from fewshot.models import build_backbone
-from fewshot.train.objectives import BYOL, mmd, nt_xent, reverse_gradient, views
+from fewshot.train.objectives import BYOL, nt_xent, reverse_gradient, views
 from fewshot.train.pretrain import pretrain
 
 

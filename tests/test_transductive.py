@@ -1,4 +1,5 @@
-"""Transductive heads: bd-cspn and tim against easyfsl's own implementations on the same
+"""Transductive heads: bd-cspn, tim and laplacianshot against easyfsl's own implementations
+on the same
 features and episodes, tim-probe against the linear probe it extends; all labelled
 transductive, and falling back to their inductive rule when the query batch is too small
 to use."""
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from fewshot.methods import build_head
+from fewshot.methods.common import squared_distances
 
 
 def episodes(count: int, ways: int = 5, shots: int = 5, queries: int = 15, dim: int = 32,
@@ -34,20 +36,24 @@ def accuracy(head, count: int = 40, **shape) -> float:
     return sum(hits) / len(hits)
 
 
-@pytest.mark.parametrize(("ours", "theirs"), [("bd-cspn", "BDCSPN"), ("tim", "TIM")])
+@pytest.mark.parametrize(("ours", "theirs"), [("bd-cspn", "BDCSPN"), ("tim", "TIM"),
+                                             ("laplacianshot", "LaplacianShot")])
 def test_matches_easyfsl_on_the_same_features_and_episodes(ours: str, theirs: str) -> None:
     methods = pytest.importorskip("easyfsl.methods")
     base_mean = torch.full((32,), 1.0)
     mine = build_head(ours, nn.Identity(), base_mean=base_mean)
     options = ({"fine_tuning_steps": mine.steps, "fine_tuning_lr": mine.lr}
                if ours == "tim" else {})  # our defaults, chosen on val, are not theirs
+    if ours == "laplacianshot":
+        options = {"knn": mine.neighbours, "lambda_regularization": mine.lam,
+                   "inference_steps": mine.iterations}
     reference = getattr(methods, theirs)(nn.Identity(), feature_centering=base_mean,
                                          feature_normalization=2, **options)
     ours_acc, theirs_acc = accuracy(mine), accuracy(reference)
     assert abs(ours_acc - theirs_acc) < 0.01, (ours_acc, theirs_acc)
 
 
-@pytest.mark.parametrize("name", ["bd-cspn", "tim"])
+@pytest.mark.parametrize("name", ["bd-cspn", "tim", "laplacianshot"])
 def test_uses_the_query_batch_and_says_so(name: str) -> None:
     head = build_head(name, nn.Identity())
     assert head.transductive and head.protocol == "transductive" and head.feature_based
@@ -59,11 +65,16 @@ def test_uses_the_query_batch_and_says_so(name: str) -> None:
     together = head(query)[:1]
     assert not torch.allclose(alone, together)  # a prediction depends on the batch...
     few = head(query[:3])  # ...unless it is too small: the inductive rule (prototypes)
-    assert torch.allclose(few, head.temperature * torch.nn.functional.normalize(query[:3])
-                          @ torch.nn.functional.normalize(head.prototypes).T, atol=1e-5)
+    if name == "laplacianshot":  # SimpleShot's squared distances, scaled
+        expected = -head.temperature / 2 * squared_distances(
+            torch.nn.functional.normalize(query[:3]), head.prototypes)
+    else:
+        expected = (head.temperature * torch.nn.functional.normalize(query[:3])
+                    @ torch.nn.functional.normalize(head.prototypes).T)
+    assert torch.allclose(few, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["bd-cspn", "tim", "tim-probe"])
+@pytest.mark.parametrize("name", ["bd-cspn", "tim", "tim-probe", "laplacianshot"])
 def test_is_deterministic(name: str) -> None:
     first = build_head(name, nn.Identity())
     second = build_head(name, nn.Identity())
@@ -126,6 +137,47 @@ def test_tim_probe_is_the_linear_probe_plus_the_query_batch() -> None:
     assert not torch.allclose(head(query), probe(query), atol=1e-3)
     assert not torch.allclose(head(query[:1]), head(query)[:1])  # depends on the batch...
     assert torch.allclose(head(query[:3]), probe(query[:3]), atol=1e-5)  # ...unless too small
+    fallback = head.inductive  # fitted once per support set, then reused
+    assert torch.allclose(head(query[3:5]), probe(query[3:5]), atol=1e-5)
+    assert head.inductive is fallback
+    head.process_support_set(support, labels)
+    assert head.inductive is None
     assert accuracy(head, shots=1) > accuracy(probe, shots=1)  # the batch helps here
     with pytest.raises(UsageError, match="alpha above 1"):
         build_head("tim-probe", nn.Identity(), alpha=0.5)
+
+
+def test_laplacianshot_without_its_graph_is_scaled_simpleshot() -> None:
+    from fewshot.errors import UsageError
+    from fewshot.methods.laplacianshot import knn_graph
+
+    support, labels, query, _ = next(episodes(1))
+    graph = knn_graph(query, 3)
+    assert graph.sum(1).eq(3).all() and graph.diagonal().eq(0).all()
+    unit = torch.nn.functional.normalize(query)
+    similarity = unit @ unit[0]
+    similarity[0] = -float("inf")
+    assert graph[0, similarity.argmax()] == 1  # its nearest other query, by cosine
+    plain = build_head("laplacianshot", nn.Identity(), lam=0.0, rectify=False)
+    simpleshot = build_head("simpleshot", nn.Identity())
+    for h in (plain, simpleshot):
+        h.process_support_set(support, labels)
+    torch.testing.assert_close(plain(query), plain.temperature / 2 * simpleshot(query))
+    graph_only = build_head("laplacianshot", nn.Identity(), rectify=False)
+    graph_only.process_support_set(support, labels)
+    assert not torch.allclose(graph_only(query), plain(query))  # the graph moves them
+    with pytest.raises(UsageError, match="neighbours"):
+        build_head("laplacianshot", nn.Identity(), neighbours=0)
+
+
+def test_laplacianshot_on_the_probe_smooths_the_probe() -> None:
+    base_mean = torch.full((32,), 1.0)
+    support, labels, query, _ = next(episodes(1, shots=1))
+    probe = build_head("linear-probe", nn.Identity(), base_mean=base_mean)
+    flat = build_head("laplacianshot", nn.Identity(), base_mean=base_mean, probe=True, lam=0.0)
+    smoothed = build_head("laplacianshot", nn.Identity(), base_mean=base_mean, probe=True)
+    for h in (probe, flat, smoothed):
+        h.process_support_set(support, labels)
+    torch.testing.assert_close(flat(query), probe(query))  # no graph: the probe's logits
+    assert not torch.allclose(smoothed(query), probe(query))
+    torch.testing.assert_close(smoothed(query[:3]), probe(query[:3]))  # too few: the probe

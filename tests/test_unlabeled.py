@@ -25,7 +25,7 @@ from fewshot.data.unlabeled import ANALYSIS_SIZE, find_unlabeled, refuse_overlap
 from fewshot.errors import DataError, UsageError
 from fewshot.features import embed
 from fewshot.methods import build_head
-from fewshot.methods.common import power_transform
+from fewshot.methods.common import mmd, power_transform
 from fewshot.models import build_backbone
 
 CPU = torch.device("cpu")
@@ -215,3 +215,73 @@ def test_adapt_records_and_keeps_the_alignment(tmp_path):
         assert refused.returncode == 2, refused.stderr
         error = refused.stderr.strip().splitlines()[-1]
         assert error.startswith("error: ") and option in error, refused.stderr
+
+
+def test_mmd_probe_draws_its_boundaries_towards_the_unlabeled_images():
+    torch.manual_seed(0)
+    encoder = build_backbone("conv4", image_size=16, channels=8).eval()
+    support, labels = images(6, seed=1), torch.tensor([0, 0, 0, 1, 1, 1])
+    unlabeled = images(40, seed=2)
+
+    def fitted(**options):
+        head = build_head("linear-probe", encoder, base_mean=torch.zeros(encoder.feature_dim),
+                          **options).eval()
+        record = align_head(head, unlabeled, Normalize(), CPU)
+        head.process_support_set(Normalize()(support), labels)
+        return head, record
+
+    plain, plain_record = fitted()
+    assert "mmd_images" not in plain_record and plain.unlabeled_features.shape[0] == 40
+    aligned, record = fitted(mmd_weight=5.0, mmd_images=30)
+    assert record["mmd_images"] == 30
+    again, _ = fitted(mmd_weight=5.0, mmd_images=30)
+    torch.testing.assert_close(aligned.linear.weight, again.linear.weight)  # seeded sample
+    assert not torch.allclose(aligned.linear.weight, plain.linear.weight)
+    target = aligned.align_features()
+    assert target.shape[0] == 30
+    with torch.no_grad():
+        source = plain.embed(Normalize()(support))
+        gap = {name: mmd(head.linear(source), head.linear(target)).item()
+               for name, head in (("plain", plain), ("aligned", aligned))}
+    assert gap["aligned"] < gap["plain"]
+    # a weight of zero is the plain probe, whatever unlabeled features it holds
+    zero, _ = fitted(mmd_weight=0.0)
+    torch.testing.assert_close(zero.linear.weight, plain.linear.weight)
+    lonely = build_head("linear-probe", encoder, mmd_weight=1.0)
+    with pytest.raises(UsageError, match="--unlabeled"):
+        lonely.process_support_set(Normalize()(support), labels)
+    with pytest.raises(UsageError, match="mmd_weight"):
+        build_head("linear-probe", encoder, mmd_weight=-1.0)
+
+
+def test_mmd_probe_from_the_command_line(tmp_path):
+    task = write_tiny_task(tmp_path)
+    unlabeled = tmp_path / "target-domain"
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        write_image(unlabeled / f"u{i}.png", rng, colour=[200, 30, 30])
+    common = ["--model", "random:conv4", "--head", "linear-probe:mmd_weight=1", "--task",
+              str(task), "--ways", "2", "--shots", "1", "--queries", "3", "--episodes", "4",
+              "--quiet"]
+    missing = run_cli("evaluate", *common)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: linear-probe:mmd_weight")
+    out = run_cli("evaluate", *common, "--unlabeled", str(unlabeled),
+                  "--json", str(tmp_path / "mmd.json"))
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "mmd.json").read_text())["results"][0]
+    assert result["alignment"]["mmd_images"] == 12
+    run = write_run(tmp_path / "run").path
+    new = make_folder(tmp_path / "new", {"alpha": 6, "beta": 6}, size=16, seed=1)
+    adapt = ["adapt", "--shots", "2", str(new), "--model", str(run), "--method",
+             "linear-probe:mmd_weight=1", "--no-wandb", "--quiet"]
+    refused = run_cli(*adapt, "--out", str(tmp_path / "b"))
+    assert refused.returncode == 2 and "--unlabeled" in refused.stderr.strip().splitlines()[-1]
+    done = run_cli(*adapt, "--unlabeled", str(unlabeled), "--out", str(tmp_path / "a"))
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "a" / "adapted.json").read_text())
+    assert doc["alignment"]["mmd_images"] == 12
+    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert "probe fitted with an MMD term on 12 of them" in card
+    predicted = run_cli("predict", str(tmp_path / "a"), str(new / "alpha"), "--format", "json")
+    assert predicted.returncode == 0, predicted.stderr

@@ -1,7 +1,9 @@
 """Rows on tasks/wbc-to-rbc.yaml that use unlabeled red-cell images: test-time alignment
 (`evaluate --unlabeled`: batch-norm statistics and the centring mean re-estimated on the
 unlabeled stream) of the white-cell encoder wbc-v1, each paired against the same head on
-the same encoder without it (the rows of wbc-supervised: run the two groups together)."""
+the same encoder without it (the rows of wbc-supervised: run the two groups together), and
+the MMD-aligned linear probe (`linear-probe:mmd_weight`) against the plain probe and against
+the aligned one."""
 
 from rows import Group, Pair, register
 from rows.wbc_to_rbc import TASK, WBC_V1
@@ -18,3 +20,19 @@ for head, name in (("simpleshot", "SimpleShot"), ("linear-probe", "linear probe"
         note="test-time alignment to 2,287 unlabeled red-cell images",
         pairs=[Pair("wbc-v1", head, f"wbc-v1 + {name}, aligned to unlabeled red cells",
                     unlabeled=[STREAM])]))
+
+MMD_WEIGHT = 0.3
+"""The least harmful `linear-probe:mmd_weight` on val (experiments/select_heads.py,
+head_selection.md): no weight tried there beat the aligned probe without it."""
+MMD_PROBE = f"linear-probe:mmd_weight={MMD_WEIGHT:g}"
+for name, reference in (("unlabeled-adapt-mmd-probe", "wbc-v1 + linear probe"),
+                        ("unlabeled-adapt-mmd-term",
+                         "wbc-v1 + linear probe, aligned to unlabeled red cells")):
+    against = "the plain probe" if name.endswith("probe") else "the aligned probe"
+    register(Group(
+        name=name, task=TASK, tier="cpu", stages=[WBC_V1], prepare=PREPARE,
+        reference=reference,
+        note=f"aligned, then the probe fitted with an MMD term to the unlabeled red cells, "
+             f"against {against}",
+        pairs=[Pair("wbc-v1", MMD_PROBE, f"wbc-v1 + MMD-aligned linear probe ({against} as "
+                    "reference)", unlabeled=[STREAM])]))

@@ -19,18 +19,25 @@ from fewshot.methods.common import cosine
 from fewshot.methods.transductive import TransductivePrototypes
 
 
+def rectified_prototypes(support: Tensor, labels: Tensor, prototypes: Tensor,
+                         query: Tensor) -> Tensor:
+    """Prototypes from the support and the shifted, pseudo-labelled query batch (shared
+    with LaplacianShot, which starts from them)."""
+    ways = prototypes.shape[0]
+    query = query + (support.mean(0, keepdim=True) - query.mean(0, keepdim=True))
+    support_hot = F.one_hot(labels, ways).to(support.dtype)
+    support_weight = support_hot * cosine(support, prototypes).exp()
+    query_scores = cosine(query, prototypes).exp()
+    query_hot = F.one_hot(query_scores.argmax(-1), ways).to(query.dtype)
+    query_weight = query_hot * query_scores
+    total = support_weight.sum(0) + query_weight.sum(0)
+    return (support_weight.T @ support + query_weight.T @ query) / total[:, None]
+
+
 @register_head("bd-cspn")
 class BDCSPN(TransductivePrototypes):
     """Options: base_mean, temperature, power (and base_features, offered by the caller)."""
 
     def refined(self, query: Tensor) -> Tensor:
-        """Prototypes from the support and the shifted, pseudo-labelled query batch."""
-        support, ways = self.support_features, self.prototypes.shape[0]
-        query = query + (support.mean(0, keepdim=True) - query.mean(0, keepdim=True))
-        support_hot = F.one_hot(self.support_labels, ways).to(support.dtype)
-        support_weight = support_hot * cosine(support, self.prototypes).exp()
-        query_scores = cosine(query, self.prototypes).exp()
-        query_hot = F.one_hot(query_scores.argmax(-1), ways).to(query.dtype)
-        query_weight = query_hot * query_scores
-        total = support_weight.sum(0) + query_weight.sum(0)
-        return (support_weight.T @ support + query_weight.T @ query) / total[:, None]
+        return rectified_prototypes(self.support_features, self.support_labels,
+                                    self.prototypes, query)

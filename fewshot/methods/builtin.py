@@ -5,6 +5,7 @@ from fewshot.methods import (  # noqa: F401
     bd_cspn,
     finetune,
     fomaml,
+    laplacianshot,
     linear_probe,
     maml,
     metasgd,

@@ -1,4 +1,5 @@
-"""Small pieces the heads share: class means with any number of shots, distances."""
+"""Small pieces the heads share: class means with any number of shots, distances, the
+feature transform, and the MMD that both the probe and the training objectives align with."""
 
 from __future__ import annotations
 
@@ -60,3 +61,15 @@ def transform_features(features: Tensor, power: float | None, centre: Tensor) ->
     if centre.numel():
         features = features - centre.to(features)
     return F.normalize(features, dim=-1)
+
+
+def mmd(source: Tensor, target: Tensor, scales: tuple[float, ...] = (0.25, 0.5, 1, 2, 4)
+        ) -> Tensor:
+    """Squared multi-kernel MMD (biased estimate): Gaussian kernels whose bandwidths are
+    `scales` times the mean squared distance of the joint batch (detached)."""
+    x = torch.cat([source, target]).float()
+    d2 = torch.cdist(x, x).pow(2)
+    base = d2.detach().sum() / (len(x) * (len(x) - 1))
+    kernel = sum(torch.exp(-d2 / (base * s).clamp_min(1e-12)) for s in scales)
+    n = len(source)
+    return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()

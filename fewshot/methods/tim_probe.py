@@ -35,12 +35,23 @@ class TIMProbe(TransductivePrototypes):
         self.steps, self.lr, self.balance = steps, lr, balance
         self.query_loss = partial(information_loss, marginal_weight=marginal_entropy_weight,
                                   conditional_weight=conditional_entropy_weight, alpha=alpha)
+        self.inductive: nn.Linear | None = None
+        """The plain probe for batches too small to use, fitted once per support set (and
+        kept in an adapted folder when adapt needed it)."""
+
+    def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
+        super().process_support_set(support, support_labels)
+        self.inductive = None  # fitted when first needed
+
+    def fit(self, batch: Tensor | None) -> nn.Linear:
+        return train_linear(self.support_features.detach(), self.support_labels, self.steps,
+                            self.lr, self.temperature, balance=self.balance, query=batch,
+                            query_loss=self.query_loss)
 
     def forward(self, query: Tensor) -> Tensor:
         features = transform_features(self.encoder(query), self.power, self.base_mean)
-        batch = (features.detach() if len(features) >= MIN_QUERIES_PER_CLASS
-                 * self.prototypes.shape[0] else None)  # too few to use: the plain probe
-        linear = train_linear(self.support_features.detach(), self.support_labels, self.steps,
-                              self.lr, self.temperature, balance=self.balance, query=batch,
-                              query_loss=self.query_loss)
-        return linear(features)
+        if len(features) >= MIN_QUERIES_PER_CLASS * self.prototypes.shape[0]:
+            return self.fit(features.detach())(features)
+        if self.inductive is None:  # too few to use: the plain probe
+            self.inductive = self.fit(None)
+        return self.inductive(features)

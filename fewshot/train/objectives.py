@@ -28,6 +28,7 @@ from fewshot.config import Config
 from fewshot.data.augment import augment
 from fewshot.data.cache import as_tensor, cached_array
 from fewshot.data.tasks import Task
+from fewshot.methods.common import mmd
 
 
 def load_unlabeled(config: Config, task: Task, image_size: int, cache: dict[str, Any]
@@ -145,18 +146,6 @@ class BYOL(nn.Module):
                 q.lerp_(p.detach(), 1 - self.momentum)
             for b, c in zip(online.buffers(), target.buffers(), strict=True):
                 c.copy_(b)
-
-
-def mmd(source: Tensor, target: Tensor, scales: tuple[float, ...] = (0.25, 0.5, 1, 2, 4)
-        ) -> Tensor:
-    """Squared multi-kernel MMD (biased estimate): Gaussian kernels whose bandwidths are
-    `scales` times the mean squared distance of the joint batch (detached)."""
-    x = torch.cat([source, target]).float()
-    d2 = torch.cdist(x, x).pow(2)
-    base = d2.detach().sum() / (len(x) * (len(x) - 1))
-    kernel = sum(torch.exp(-d2 / (base * s).clamp_min(1e-12)) for s in scales)
-    n = len(source)
-    return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
 
 
 class _Reverse(torch.autograd.Function):
