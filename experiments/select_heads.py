@@ -82,8 +82,13 @@ def main() -> None:
              f"{args.episodes} episodes, seed 0 (queries balanced, or 75 split by a Dirichlet "
              "draw, alpha 2); each setting paired against the first of its head (the "
              "default; for tim-probe, both query weights at 0, the linear probe itself) on the "
-             "same episodes. TIM's default was lr 1e-4 when its rows were scored; lr 1e-2, "
-             "above zero at 1- and 5-shot, replaced it.", "",
+             "same episodes (for laplacianshot:probe=true, lam=0, the probe itself; rows ending "
+             "in --unlabeled are aligned to experiments/runs/unlabeled-rbc, against the aligned "
+             "probe). TIM's default was lr 1e-4 when its rows were scored; lr 1e-2, "
+             "above zero at 1- and 5-shot, replaced it. Each head's rows come from one run of "
+             "this script, on the wbc-v1 training of that day (training is not bit-for-bit "
+             "repeatable on this CPU; the laplacianshot and --unlabeled rows are from a later "
+             "one than the others).", "",
              "| head | shots | queries | accuracy % | vs default, points | load avg |",
              "|---|---|---|---|---|---|"]
     lines += kept

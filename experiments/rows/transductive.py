@@ -15,7 +15,8 @@ from rows.wbc_to_rbc import WBC_V1
 HEADS = [("bd-cspn", "BD-CSPN"), ("tim", "TIM"), ("tim-probe", "TIM on the linear probe"),
          ("pt-map", "PT-MAP")]
 LATER = {"-laplacianshot": [("laplacianshot", "LaplacianShot"),
-                            ("laplacianshot:rectify=false", "LaplacianShot, prototypes unrectified"),
+                            ("laplacianshot:rectify=false",
+                             "LaplacianShot, prototypes unrectified"),
                             ("laplacianshot:probe=true", "LaplacianShot on the linear probe")]}
 
 for task, model, stages, name in ((BLOOD_TASK, "blood-v1", [], "shipped blood-v1"),
