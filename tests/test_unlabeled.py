@@ -152,12 +152,17 @@ def test_overlap_is_refused_by_path_content_and_near_duplicate(tmp_path):
     assert "near-duplicate" in message and "m4.png" in message and "shifted.jpg" in message
 
 
-def test_evaluate_aligns_to_unlabeled_images_and_refuses_the_evaluated_split(tmp_path):
-    task = write_tiny_task(tmp_path)
+def task_and_target_domain(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny task, and a flat folder of 12 unlabeled images of another colour."""
     unlabeled = tmp_path / "target-domain"
     rng = np.random.default_rng(5)
     for i in range(12):
         write_image(unlabeled / f"u{i}.png", rng, colour=[200, 30, 30])
+    return write_tiny_task(tmp_path), unlabeled
+
+
+def test_evaluate_aligns_to_unlabeled_images_and_refuses_the_evaluated_split(tmp_path):
+    task, unlabeled = task_and_target_domain(tmp_path)
     common = ["--model", "random:conv4", "--head", "simpleshot", "--task", str(task),
               "--ways", "2", "--shots", "1", "--queries", "3", "--episodes", "8", "--quiet"]
     out = run_cli("evaluate", *common, "--unlabeled", str(unlabeled),
@@ -255,11 +260,7 @@ def test_mmd_probe_draws_its_boundaries_towards_the_unlabeled_images():
 
 
 def test_mmd_probe_from_the_command_line(tmp_path):
-    task = write_tiny_task(tmp_path)
-    unlabeled = tmp_path / "target-domain"
-    rng = np.random.default_rng(5)
-    for i in range(12):
-        write_image(unlabeled / f"u{i}.png", rng, colour=[200, 30, 30])
+    task, unlabeled = task_and_target_domain(tmp_path)
     common = ["--model", "random:conv4", "--head", "linear-probe:mmd_weight=1", "--task",
               str(task), "--ways", "2", "--shots", "1", "--queries", "3", "--episodes", "4",
               "--quiet"]
