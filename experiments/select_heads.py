@@ -30,10 +30,9 @@ rows end in `--unlabeled`."""
 
 def group_of(line: str) -> str:
     cell = line.split("|")[1].strip()
-    if cell.endswith("--unlabeled"):
-        return next(name for name in UNLABELED if cell.startswith(name.split("-mmd")[0]))
-    return next((name for name, heads in CANDIDATES.items() if cell in heads),
-                cell.split(":")[0])
+    spec = cell.removesuffix(" --unlabeled")
+    names = UNLABELED if spec != cell else [n for n in CANDIDATES if n not in UNLABELED]
+    return next((name for name in names if spec in CANDIDATES[name]), spec.split(":")[0])
 CANDIDATES = {
     "linear-probe": ["linear-probe", "linear-probe:steps=200", "linear-probe:lr=0.05",
                      "linear-probe:power=0.5"],

@@ -7,7 +7,8 @@ statistics on unlabeled images of the new domain (AdaBN, Li et al. 2016) and cen
 features on those images' mean, instead of the base classes' mean, removes the first- and
 second-order shift at no training cost. `adapt --unlabeled` and `evaluate --unlabeled`
 apply it to the encoder before any support image is seen. A head that uses the unlabeled
-images while it fits (`linear-probe:mmd_weight`) gets their features here too.
+images while it fits (`linear-probe:mmd_weight`) gets their features here too, through
+its `use_unlabeled`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.data.images import Normalize
-from fewshot.errors import UsageError
 from fewshot.features import embed
 from fewshot.methods.common import centring_mean
 
@@ -59,7 +59,7 @@ def align_head(head: nn.Module, images: Tensor, normalize: Normalize,
     encoder = head.encoder
     layers = reestimate_batchnorm(encoder, images, normalize, device)
     centres = isinstance(getattr(head, "base_mean", None), Tensor)
-    wants = hasattr(head, "unlabeled_features")
+    wants = hasattr(head, "use_unlabeled")
     if centres or wants:
         features = embed(encoder, images, normalize, device, quiet=quiet,
                          description="embedding unlabeled images")
@@ -68,16 +68,13 @@ def align_head(head: nn.Module, images: Tensor, normalize: Normalize,
         head.base_mean = centring_mean(power, features.mean(0), features).to(
             head.base_mean.device if head.base_mean.numel() else device)
     record = {"images": len(images), "batchnorm_layers": layers, "centred": centres}
-    if wants:
-        head.unlabeled_features = features.to(device)
-        if getattr(head, "needs_unlabeled", False):
-            record["mmd_images"] = min(len(features), head.mmd_images)
+    if wants:  # a head that fits on them (`use_unlabeled`) keeps their features
+        record.update(head.use_unlabeled(features.to(device)))
     return record
 
 
 def require_unlabeled(head: nn.Module, given: bool, option: str) -> None:
     """A head option that fits on unlabeled images is exit 2 without them, before any
-    image is read."""
+    image is read (the head words the error: `missing_unlabeled`)."""
     if getattr(head, "needs_unlabeled", False) and not given:
-        raise UsageError(f"{head.name}:mmd_weight aligns to unlabeled images, and none were "
-                         "given", option, "pass --unlabeled DIR, or drop mmd_weight")
+        raise head.missing_unlabeled(option)

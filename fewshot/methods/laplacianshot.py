@@ -30,13 +30,8 @@ from torch import Tensor, nn
 from fewshot.errors import UsageError
 from fewshot.methods.base import register_head
 from fewshot.methods.bd_cspn import rectified_prototypes
-from fewshot.methods.common import (
-    MIN_QUERIES_PER_CLASS,
-    cosine,
-    squared_distances,
-    transform_features,
-)
-from fewshot.methods.linear_probe import train_linear
+from fewshot.methods.common import cosine, squared_distances
+from fewshot.methods.linear_probe import LR, STEPS, TEMPERATURE, train_linear
 from fewshot.methods.transductive import TransductivePrototypes
 
 TOLERANCE = 1e-6
@@ -70,8 +65,8 @@ class LaplacianShot(TransductivePrototypes):
 
     def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
         super().process_support_set(support, support_labels)
-        self.linear = (train_linear(self.support_features.detach(), support_labels, 100, 0.01,
-                                    10.0) if self.probe else None)
+        self.linear = (train_linear(self.support_features.detach(), support_labels, STEPS, LR,
+                                    TEMPERATURE) if self.probe else None)
 
     def inductive(self, features: Tensor) -> Tensor:
         """Logits without the graph: the probe's, or scaled SimpleShot's."""
@@ -80,8 +75,8 @@ class LaplacianShot(TransductivePrototypes):
         return -self.temperature / 2 * squared_distances(features, self.prototypes)
 
     def forward(self, query: Tensor) -> Tensor:
-        features = transform_features(self.encoder(query), self.power, self.base_mean)
-        if len(features) < MIN_QUERIES_PER_CLASS * self.prototypes.shape[0]:  # too few
+        features = self.query_features(query)
+        if self.batch_too_small(features):
             return self.inductive(features)
         features = features.detach()
         if self.linear is not None:

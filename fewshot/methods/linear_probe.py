@@ -32,6 +32,9 @@ from fewshot.errors import UsageError
 from fewshot.methods.base import FewShotHead, register_head
 from fewshot.methods.common import centring_mean, class_means, mmd, transform_features
 
+STEPS, LR, TEMPERATURE = 100, 0.01, 10.0
+"""The probe's defaults (chosen on val), shared with heads that fit it inside."""
+
 
 def balanced_weights(labels: Tensor, ways: int | None = None) -> Tensor:
     """Per-class loss weights `n / (N * n_c)`: all 1 with equal shots."""
@@ -71,8 +74,8 @@ def train_linear(features: Tensor, labels: Tensor, steps: int, lr: float,
 
 @register_head("linear-probe")
 class LinearProbe(FewShotHead):
-    def __init__(self, encoder: nn.Module, steps: int = 100, lr: float = 0.01,
-                 temperature: float = 10.0, base_mean: Tensor | None = None,
+    def __init__(self, encoder: nn.Module, steps: int = STEPS, lr: float = LR,
+                 temperature: float = TEMPERATURE, base_mean: Tensor | None = None,
                  seed: int = 0, power: float | None = None,
                  base_features: Tensor | None = None, balance: bool = True,
                  mmd_weight: float = 0.0, mmd_images: int = 256) -> None:
@@ -105,14 +108,21 @@ class LinearProbe(FewShotHead):
     def needs_unlabeled(self) -> bool:
         return self.mmd_weight > 0
 
+    def missing_unlabeled(self, option: str) -> UsageError:
+        return UsageError("linear-probe:mmd_weight aligns to unlabeled images, and none were "
+                          "given", option, "pass --unlabeled DIR, or drop mmd_weight")
+
+    def use_unlabeled(self, features: Tensor) -> dict[str, int]:
+        """Keep the unlabeled images' encoder features; what to record of them."""
+        self.unlabeled_features = features
+        return {"mmd_images": min(len(features), self.mmd_images)} if self.mmd_weight else {}
+
     def align_features(self) -> Tensor | None:
         """The seeded sample of transformed unlabeled features the MMD term uses."""
         if not self.mmd_weight:
             return None
         if self.unlabeled_features is None:
-            raise UsageError("linear-probe:mmd_weight aligns to unlabeled images, and none "
-                             "were given", "--unlabeled",
-                             "pass --unlabeled DIR, or drop mmd_weight")
+            raise self.missing_unlabeled("--unlabeled")
         features = self.unlabeled_features
         if len(features) > self.mmd_images:
             generator = torch.Generator().manual_seed(self.seed)

@@ -17,7 +17,6 @@ from functools import partial
 from torch import Tensor, nn
 
 from fewshot.methods.base import register_head
-from fewshot.methods.common import MIN_QUERIES_PER_CLASS, transform_features
 from fewshot.methods.linear_probe import train_linear
 from fewshot.methods.tim import check_alpha, information_loss
 from fewshot.methods.transductive import TransductivePrototypes
@@ -49,8 +48,8 @@ class TIMProbe(TransductivePrototypes):
                             query_loss=self.query_loss)
 
     def forward(self, query: Tensor) -> Tensor:
-        features = transform_features(self.encoder(query), self.power, self.base_mean)
-        if len(features) >= MIN_QUERIES_PER_CLASS * self.prototypes.shape[0]:
+        features = self.query_features(query)
+        if not self.batch_too_small(features):
             return self.fit(features.detach())(features)
         if self.inductive is None:  # too few to use: the plain probe
             self.inductive = self.fit(None)

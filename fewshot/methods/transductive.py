@@ -44,8 +44,16 @@ class TransductivePrototypes(FewShotHead):
         """Prototypes refined with the (transformed) query batch."""
         raise NotImplementedError
 
+    def query_features(self, query: Tensor) -> Tensor:
+        """The query batch under the same transform as the support."""
+        return transform_features(self.encoder(query), self.power, self.base_mean)
+
+    def batch_too_small(self, features: Tensor) -> bool:
+        """Fewer than MIN_QUERIES_PER_CLASS queries a class on average: the inductive rule."""
+        return len(features) < MIN_QUERIES_PER_CLASS * self.prototypes.shape[0]
+
     def forward(self, query: Tensor) -> Tensor:
-        features = transform_features(self.encoder(query), self.power, self.base_mean)
-        if len(features) < MIN_QUERIES_PER_CLASS * self.prototypes.shape[0]:
-            return self.temperature * cosine(features, self.prototypes)  # too few to use
+        features = self.query_features(query)
+        if self.batch_too_small(features):
+            return self.temperature * cosine(features, self.prototypes)
         return self.temperature * cosine(features, self.refined(features.detach()))
