@@ -30,6 +30,7 @@ from fewshot.errors import DataError, UsageError
 from fewshot.features import embed
 from fewshot.methods import FewShotHead, parse_head_spec, select_options
 from fewshot.metrics import leave_out_metrics
+from fewshot.models.embedding import installed
 from fewshot.ood import warning_line
 from fewshot.report import confusion_table, log_adapt
 from fewshot.run import RunDir, resolve_run
@@ -270,6 +271,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     adapted = Adapted(
         head=head, classes=classes, method=method, head_options=options,
         info={"backbone": meta.backbone, "backbone_args": meta.backbone_args,
+              "embedding": installed(head.encoder).model_dump(),
               "image_size": size, "normalization": meta.normalization.model_dump()},
     )
     adapted.provenance = provenance(base, selection, shots, seed, keep_base, base_names)

@@ -339,6 +339,7 @@ class Adapted(Predictor):
             method=self.method, head_options=self.head_options, protocol=self.head.protocol,
             classes=self.classes,
             backbone=self.info["backbone"], backbone_args=self.info.get("backbone_args", {}),
+            embedding=self.info.get("embedding", {}),
             preprocessing=Preprocessing(image_size=self.image_size,
                                         normalization=self.info["normalization"]),
             **self.provenance, metrics=self.metrics, calibration=self.calibration,
@@ -387,6 +388,7 @@ class Adapted(Predictor):
         from fewshot.data.files import load_tensors
         from fewshot.methods import build_head
         from fewshot.models import build_backbone
+        from fewshot.models.embedding import install
 
         path = Path(path)
         if not path.is_dir():
@@ -405,11 +407,14 @@ class Adapted(Predictor):
         tensors = load_tensors(path / WEIGHTS)
         support_features = tensors.pop(SUPPORT_FEATURES, None)
         restore_tensors(head, tensors, path / WEIGHTS)
+        install(encoder, doc.embedding)
         info = {"backbone": doc.backbone, "backbone_args": doc.backbone_args,
+                "embedding": doc.embedding.model_dump(),
                 "image_size": prep.image_size, "normalization": prep.normalization.model_dump()}
         provenance = doc.as_json()
         for key in ("format_version", "fewshot_version", "kind", "method", "head_options",
-                    "protocol", "classes", "backbone", "backbone_args", "preprocessing",
+                    "protocol", "classes", "backbone", "backbone_args", "embedding",
+                    "preprocessing",
                     "metrics", "weights_sha256", "calibration", "domain", "members"):
             provenance.pop(key)
         adapted = cls(head, doc.classes, doc.method, doc.head_options, info, provenance,

@@ -13,6 +13,7 @@ from fewshot.data.images import Normalize
 from fewshot.errors import DataError, UsageError
 from fewshot.methods import FewShotHead, build_head, head_class
 from fewshot.models import build_backbone
+from fewshot.models.embedding import EmbeddingSpec, install
 from fewshot.run import RunDir, resolve_run
 from fewshot.schema import ModelMeta
 
@@ -34,8 +35,10 @@ def load_model(run: RunDir | str | Path | None = None, head: str | None = None,
     options = dict(meta.head_options) if name == meta.head else {}
     options.update(head_options)
     declared = head_class(name).options()
-    if run.prototypes_path.is_file() and ({"base_mean", "base_features"} & set(declared)):
-        stored = run.load_prototypes()
+    stored = run.load_prototypes() if run.prototypes_path.is_file() \
+        and ({"base_mean", "base_features"} & set(declared)) else None
+    given = dict(options)
+    if stored is not None:
         if "base_mean" in declared:
             options.setdefault("base_mean", stored.base_mean)
         if "base_features" in declared and stored.base_features is not None:
@@ -47,6 +50,11 @@ def load_model(run: RunDir | str | Path | None = None, head: str | None = None,
                          "re-run the pretrain or meta-train that wrote it with this fewshot "
                          "version, or drop the power option")
     model = build_head(name, encoder, **options)
+    if not meta.embedding.plain and not reads_embedding(model) and stored is not None:
+        # the stored statistics are of the embedding; this head reads the plain output
+        if "base_mean" in declared and stored.output_mean is not None:
+            given.setdefault("base_mean", stored.output_mean)
+        model = build_head(name, encoder, **given)
     try:
         if name == meta.head:
             model.load_state_dict(weights)
@@ -60,7 +68,25 @@ def load_model(run: RunDir | str | Path | None = None, head: str | None = None,
                         run.path, "the files come from different runs; re-run the "
                         "command that wrote them") from None
     model.eval()
+    use_embedding(model, meta.embedding)
     return model, meta
+
+
+def reads_embedding(head: FewShotHead) -> bool:
+    """Heads that only read features and learn nothing of their own before the support
+    set (SimpleShot, the probes, transductive heads) read the run's embedding; heads that
+    re-run the encoder or were trained on its plain output (finetune, MAML family,
+    siamese) keep the encoder's output."""
+    own = [name for name, _ in head.named_parameters() if not name.startswith("encoder.")]
+    return head.feature_based and not own
+
+
+def use_embedding(head: FewShotHead, spec: EmbeddingSpec) -> bool:
+    """Install the run's embedding on the head's encoder when the head reads it."""
+    if spec.plain or not reads_embedding(head):
+        return False
+    install(head.encoder, spec)
+    return True
 
 
 def model_transform(meta: ModelMeta) -> Normalize:

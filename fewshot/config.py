@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fewshot.data.files import packaged
 from fewshot.errors import UsageError
+from fewshot.models.embedding import EmbeddingSpec
 
 
 class Section(BaseModel):
@@ -39,6 +40,10 @@ class ModelConfig(Section):
     weights: str | None = None
     """None (scratch), `imagenet`, a weights file, or a fewshot run directory."""
     backbone_args: dict[str, Any] = Field(default_factory=dict)
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    """What feature-based heads read of the encoder after training: `stages` (module
+    names pooled and concatenated) and `dihedral` (averaged over flips and rotations);
+    training itself uses the encoder's own output."""
 
 
 class MethodConfig(Section):

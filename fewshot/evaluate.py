@@ -47,6 +47,7 @@ from fewshot.features import embed, subsample
 from fewshot.methods import FewShotHead, build_head, parse_head_spec, select_options
 from fewshot.metrics import accuracy_difference, episode_metrics, mean_ci
 from fewshot.models import build_backbone
+from fewshot.models.embedding import installed
 from fewshot.progress import PlainProgress, console, make_progress
 from fewshot.run import resolve_run
 
@@ -239,6 +240,8 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         count = episodes if head.feature_based else min(episodes, slow_episodes)
         label = head.name + "".join(f":{k}={v}" for k, v in options.items())
         key = spec if found is None else f"{spec}|unlabeled:{digest}"
+        if not installed(head.encoder).plain:  # heads of one model may read it differently
+            key += f"|embedding:{installed(head.encoder).describe()}"
         candidates.append(Candidate(spec, label, head, size, normalize, count, key=key,
                                     alignment=alignment))
         if count < episodes and not quiet:

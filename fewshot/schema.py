@@ -22,11 +22,13 @@ from torch import Tensor
 
 from fewshot.data.files import atomic_write, save_tensors
 from fewshot.errors import DataError, UsageError
+from fewshot.models.embedding import EmbeddingSpec
 from fewshot.version import __version__
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """1: the first layout; 2: one schema for all three files, prototypes carry a version;
-3: adapted folders carry calibration, an out-of-domain check and ensemble members."""
+3: adapted folders carry calibration, an out-of-domain check and ensemble members;
+4: model.json and adapted.json carry the embedding feature-based heads read."""
 MAX_IMAGE_SIZE = 1024
 """Largest image side a model file may ask for (a larger one is a damaged file)."""
 
@@ -53,6 +55,9 @@ class ModelMeta(Document):
     task: str
     backbone: str
     backbone_args: dict[str, Any] = Field(default_factory=dict)
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    """What feature-based heads read of the encoder (fewshot.models.embedding); the base
+    statistics in prototypes.safetensors are of these features."""
     image_size: int = Field(ge=8, le=MAX_IMAGE_SIZE)
     normalization: Normalization = Field(
         validation_alias=AliasChoices("normalization", "normalisation"))
@@ -179,6 +184,7 @@ class AdaptedMeta(Document):
     classes: list[str] = Field(min_length=1)
     backbone: str
     backbone_args: dict[str, Any] = Field(default_factory=dict)
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     preprocessing: Preprocessing
     base_model: BaseModelRef | None = None
     new_classes: list[str] = Field(default_factory=list)
@@ -232,11 +238,16 @@ class Prototypes:
     base_mean: Tensor
     base_features: Tensor | None = None
     domain: dict[str, Tensor] | None = None
+    output_mean: Tensor | None = None
+    """With an embedding other than the encoder's output (model.json `embedding`): the
+    base mean of the plain output, for the heads that read that (finetune)."""
 
     def save(self, path: Path) -> None:
         tensors = {"prototypes": self.prototypes, "base_mean": self.base_mean}
         if self.base_features is not None:
             tensors["base_features"] = self.base_features.half()
+        if self.output_mean is not None:
+            tensors["output_mean"] = self.output_mean
         if self.domain is not None:
             tensors.update(self.domain)
         save_tensors(path, tensors, {"class_names": json.dumps(self.class_names),
@@ -256,6 +267,8 @@ class Prototypes:
                     if "base_features" in handle.keys() else None
                 domain = {key: handle.get_tensor(key) for key in DOMAIN_KEYS} \
                     if set(DOMAIN_KEYS) <= set(handle.keys()) else None
+                output_mean = handle.get_tensor("output_mean") \
+                    if "output_mean" in handle.keys() else None
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             raise DataError(f"cannot read prototypes: {exc}", path, fix) from None
         if version > FORMAT_VERSION:
@@ -269,7 +282,9 @@ class Prototypes:
         if domain is not None and (domain["domain_mean"].shape != (dim,)
                                    or domain["domain_precision"].shape != (dim, dim)):
             raise DataError("prototypes' domain statistics do not match the features", path, fix)
-        return cls(list(names), prototypes, base_mean, base_features, domain)
+        if output_mean is not None and output_mean.dim() != 1:
+            raise DataError("prototypes' output_mean is not a vector", path, fix)
+        return cls(list(names), prototypes, base_mean, base_features, domain, output_mean)
 
 
 DOMAIN_KEYS = ("domain_mean", "domain_precision", "domain_threshold", "domain_base_scores")

@@ -123,7 +123,7 @@ def test_an_encoder_split_at_its_last_stage_computes_the_same(backbone, args) ->
 
 
 def test_fast_finetune_trains_the_last_stage_on_flips_and_rotations() -> None:
-    from fewshot.methods.finetune import dihedral
+    from fewshot.models.embedding import dihedral
 
     views = dihedral(torch.arange(4.0).view(1, 1, 2, 2))
     assert views.shape == (8, 1, 1, 2, 2) and len({tuple(v.flatten().tolist()) for v in views}) == 8

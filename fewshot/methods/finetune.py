@@ -25,13 +25,8 @@ from fewshot.data.augment import augment as augment_images
 from fewshot.methods.base import FewShotHead, register_head
 from fewshot.methods.common import transform_features
 from fewshot.methods.linear_probe import balanced_weights, train_linear
+from fewshot.models.embedding import dihedral
 from fewshot.models.registry import last_stage_parameters, split_last_stage
-
-
-def dihedral(images: Tensor) -> Tensor:
-    """The 8 flips and rotations of each image, `[8, N, C, H, W]` (what `augment` draws)."""
-    flips = [images, images.flip(-1), images.flip(-2), images.flip(-1).flip(-2)]
-    return torch.stack(flips + [x.transpose(-1, -2) for x in flips])
 
 
 @register_head("finetune")

@@ -34,6 +34,7 @@ from fewshot.data.tasks import SplitData, Task, load_task
 from fewshot.device import pick_device
 from fewshot.features import embed, subsample
 from fewshot.methods.common import class_means
+from fewshot.models.embedding import EmbeddingSpec, embedding
 from fewshot.ood import fit_domain
 from fewshot.progress import PlainProgress, console, make_progress
 from fewshot.run import RunDir, restore_training, rng_state
@@ -235,17 +236,23 @@ def draw_curves(run: RunDir, title: str, quiet: bool) -> None:
 
 
 def base_prototypes(encoder: nn.Module, images: Tensor, data: SplitData, transform,
-                    device: torch.device, per_class: int) -> Prototypes:
+                    device: torch.device, per_class: int,
+                    spec: EmbeddingSpec | None = None) -> Prototypes:
     """Per-class mean features of the base classes (at most `per_class` images a class,
     chosen with a fixed seed) and their overall mean, for SimpleShot and `--keep-base`, and
     a seeded subset of the features themselves (for `method.power`), and the base-domain
-    statistics of the out-of-domain check."""
-    keep = subsample(data.labels, per_class, seed=0)
-    features = embed(encoder, images[torch.from_numpy(keep)], transform, device)
-    prototypes = class_means(features, torch.from_numpy(data.labels[keep]), len(data.classes))
-    subset = subsample(data.labels[keep], BASE_FEATURES_PER_CLASS, seed=0)
+    statistics of the out-of-domain check; all of the `spec` embedding's features (and the
+    plain output's mean beside them when the two differ)."""
+    chosen = subsample(data.labels, per_class, seed=0)
+    keep, labels = images[torch.from_numpy(chosen)], data.labels[chosen]
+    with embedding(encoder, spec):
+        features = embed(encoder, keep, transform, device)
+    prototypes = class_means(features, torch.from_numpy(labels), len(data.classes))
+    subset = subsample(labels, BASE_FEATURES_PER_CLASS, seed=0)
+    output_mean = None if spec is None or spec.plain else \
+        embed(encoder, keep, transform, device).mean(0)
     return Prototypes(list(data.classes), prototypes, features.mean(0),
-                      features[torch.from_numpy(subset)], fit_domain(features))
+                      features[torch.from_numpy(subset)], fit_domain(features), output_mean)
 
 
 def start(config: Config, data_root: str | None, config_dir: Path | None,

@@ -276,7 +276,8 @@ class MetaTrainStage(Stage):
         config, task, head = self.config, self.task, self.head
         return ModelMeta(
             kind="meta-train", task=task.name, backbone=config.model.backbone,
-            backbone_args=config.model.backbone_args, image_size=self.image_size,
+            backbone_args=config.model.backbone_args, embedding=config.model.embedding,
+            image_size=self.image_size,
             normalization=self.normalize.to_dict(), feature_dim=head.encoder.feature_dim,
             head=config.method.head,
             head_options=head_options(config, self.t.ways, head.encoder.feature_dim),
@@ -289,7 +290,8 @@ class MetaTrainStage(Stage):
     def write_prototypes(self, run: RunDir) -> None:
         run.save_prototypes(base_prototypes(self.head.encoder, self.base_images, self.base,
                                             self.normalize, self.device,
-                                            PROTOTYPE_IMAGES_PER_CLASS))
+                                            PROTOTYPE_IMAGES_PER_CLASS,
+                                            self.config.model.embedding))
 
 
 def meta_train(config: Config, *, out: str | Path | None = None, resume: RunDir | None = None,

@@ -51,6 +51,7 @@ from fewshot.data.tasks import SplitData, Task
 from fewshot.features import embed, subsample
 from fewshot.methods import build_head
 from fewshot.models import build_backbone
+from fewshot.models.embedding import embedding
 from fewshot.models.weights import load_encoder_weights
 from fewshot.ood import fit_domain
 from fewshot.run import RunDir
@@ -289,7 +290,8 @@ class PretrainStage(Stage):
         config, task = self.config, self.task
         return ModelMeta(
             kind="pretrain", task=task.name, backbone=config.model.backbone,
-            backbone_args=config.model.backbone_args, image_size=self.image_size,
+            backbone_args=config.model.backbone_args, embedding=config.model.embedding,
+            image_size=self.image_size,
             normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             feature_dim=int(self.model.encoder.feature_dim), head="simpleshot",
             classes={split: task.classes(split) for split in ("base", "val", "novel")},
@@ -313,12 +315,13 @@ class PretrainStage(Stage):
         if self.base is not None:
             run.save_prototypes(base_prototypes(self.model.encoder, self.base_images, self.base,
                                                 self.normalize, self.device,
-                                                PROTOTYPES_PER_CLASS))
+                                                PROTOTYPES_PER_CLASS, self.config.model.embedding))
             return
         # no base classes (self-supervised alone): the centre is the unlabeled images' mean
         images = self.images[torch.from_numpy(subsample(
             np.zeros(len(self.images), dtype=np.int64), 50 * PROTOTYPES_PER_CLASS, 0))]
-        features = embed(self.model.encoder, images, self.normalize, self.device)
+        with embedding(self.model.encoder, self.config.model.embedding):
+            features = embed(self.model.encoder, images, self.normalize, self.device)
         run.save_prototypes(Prototypes([], features.new_zeros(0, features.shape[1]),
                                        features.mean(0), features[:BASE_FEATURES_PER_CLASS],
                                        fit_domain(features)))

@@ -1,0 +1,94 @@
+"""Choose on val what feature-based heads read of the encoder (fewshot.models.embedding):
+which stages are pooled, and whether features average the 8 flips and rotations.
+
+    python experiments/select_embedding.py [--run experiments/runs/blood-base5] [--episodes 600]
+
+The run must not have trained on the val classes: the default is configs/blood-v1.yaml's
+recipe for 5 epochs on blood-rare-rbc's 10 base classes only,
+
+    fewshot pretrain --config configs/blood-v1.yaml --set data.task=../tasks/blood-rare-rbc.yaml \
+        --set train.epochs=5 --out experiments/runs/blood-base5 --no-wandb
+
+Every candidate is a copy of the run with that embedding and its own base statistics
+(experiments/refresh_prototypes.py), scored with the linear probe (the head the shipped
+model is measured with) on the same val episodes, 1- and 5-shot, paired against the
+encoder's plain output. The table goes to experiments/results/embedding_selection.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from refresh_prototypes import with_embedding  # noqa: E402
+
+from fewshot.data.tasks import load_task  # noqa: E402
+from fewshot.device import pick_device  # noqa: E402
+from fewshot.evaluate import Models, evaluate  # noqa: E402
+from fewshot.models.embedding import EmbeddingSpec  # noqa: E402
+from fewshot.run import RunDir  # noqa: E402
+
+CANDIDATES = {
+    "output": EmbeddingSpec(),
+    "output, dihedral": EmbeddingSpec(dihedral=True),
+    "layer3+layer4": EmbeddingSpec(stages=["layer3", "layer4"]),
+    "layer3+layer4, dihedral": EmbeddingSpec(stages=["layer3", "layer4"], dihedral=True),
+    "layer2+layer3+layer4, dihedral": EmbeddingSpec(stages=["layer2", "layer3", "layer4"],
+                                                    dihedral=True),
+}
+OUT = ROOT / "experiments" / "results" / "embedding_selection.md"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=ROOT / "experiments" / "runs" / "blood-base5")
+    parser.add_argument("--task", type=Path, default=ROOT / "tasks" / "blood-rare-rbc.yaml")
+    parser.add_argument("--episodes", type=int, default=600)
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    started, load = time.time(), os.getloadavg()[0]
+    folders = []
+    for name, spec in CANDIDATES.items():
+        out = ROOT / "experiments" / "runs" / "embedding-select" / name.replace(", ", "-")
+        if not (out / "prototypes.safetensors").is_file():
+            with_embedding(RunDir(args.run), out, spec, args.task, quiet=True)
+        folders.append(str(out))
+    cache = Models(load_task(args.task), "val", 0, pick_device("cpu"), quiet=True)
+    lines = [
+        "# Embedding selection on val",
+        "",
+        f"`python experiments/select_embedding.py --run {os.path.relpath(args.run, ROOT)} "
+        f"--episodes {args.episodes}`: linear probe, {args.task.stem} val classes, 5-way, "
+        f"15 queries, {args.episodes} seeded episodes, paired against the encoder's output "
+        "(mean ± 95% CI, points).",
+        "",
+        "| embedding | shots | accuracy % | paired vs output |",
+        "|---|---|---|---|",
+    ]
+    for shots in (1, 5):
+        result = evaluate(folders, ["linear-probe"], args.task, split="val", shots=shots,
+                          episodes=args.episodes, seed=0, device="cpu", cache=cache, quiet=True)
+        for i, name in enumerate(CANDIDATES):
+            acc = result["results"][i]["accuracy"]
+            diff = "reference" if i == 0 else \
+                "{:+.1f} ± {:.1f}".format(*(100 * result["paired"][i - 1]["accuracy_difference"][k]
+                                            for k in ("mean", "ci95")))
+            lines.append(f"| {name} | {shots} | {100 * acc['mean']:.1f} ± "
+                         f"{100 * acc['ci95']:.1f} | {diff} |")
+            print(lines[-1], flush=True)
+    lines += ["", f"{(time.time() - started) / 60:.1f} min on {pick_device('cpu')}, torch "
+              f"{torch.__version__}, load average {load:.2f} at the start."]
+    OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
