@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from rows import Group, Pair, Stage, load_groups  # noqa: E402
 
+from fewshot.data.files import sha256_file, shipped_model  # noqa: E402
 from fewshot.data.tasks import load_task  # noqa: E402
 from fewshot.device import pick_device  # noqa: E402
 from fewshot.evaluate import Models, evaluate  # noqa: E402
@@ -103,12 +105,15 @@ def command_of(task: str, pair: Pair, stages: dict[str, Stage], shots: int | str
 
 
 def fingerprint(model: str) -> str | None:
-    """Changes when a run's weights are rewritten (a retrained stage is scored again)."""
-    weights = Path(model) / "model.safetensors"
-    if not weights.is_file():
+    """Changes when a run's weights, model.json (its embedding) or base statistics are
+    rewritten (a retrained or refreshed model is scored again); a shipped model's name
+    is read as its folder."""
+    folder = Path(model) if Path(model).is_dir() else shipped_model(model)
+    if folder is None or not (folder / "model.safetensors").is_file():
         return None
-    stat = weights.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return hashlib.sha256(b"".join(sha256_file(folder / name).encode() for name in (
+        "model.safetensors", "model.json", "prototypes.safetensors")
+        if (folder / name).is_file())).hexdigest()[:16]
 
 
 def own_stages(group: Group) -> dict[str, Stage]:
@@ -238,7 +243,7 @@ def main() -> None:
             for folder, script in group.prepare.items():
                 if not (ROOT / folder).is_dir():
                     print(f"+ python {script}", flush=True)
-                    subprocess.run([sys.executable, str(ROOT / script)], check=True, cwd=ROOT)
+                    subprocess.run([sys.executable, *shlex.split(script)], check=True, cwd=ROOT)
             for stage in group.stages:
                 stages[stage.name] = stage
                 if not stage_done(stage):

@@ -10,7 +10,8 @@ head's logit for the predicted class, so feature-based heads explain the score t
 compute from the features (distance to a prototype, a linear score).
 
 Transductive heads (a prediction depends on the other images of the call) and ensembles
-(several encoders, several maps) are refused.
+(several encoders, several maps) are refused. An encoder read over its 8 flips and
+rotations (model.json `embedding`) gets the mean of the 8 views' maps, each turned back.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.errors import UsageError
+from fewshot.models.embedding import installed, undo_dihedral
 
 
 def last_feature_map(encoder: nn.Module, batch: Tensor) -> nn.Module | None:
@@ -82,6 +84,8 @@ def saliency(model, images: Tensor) -> tuple[Tensor, Tensor, str]:
                 activation, grad = stored["map"].detach(), stored["map"].grad.detach()
                 weights = grad.mean(dim=(2, 3), keepdim=True)
                 cam = F.relu((weights * activation).sum(dim=1, keepdim=True))
+                if len(cam) == 8 and installed(head.encoder).dihedral:
+                    cam = undo_dihedral(cam).mean(0, keepdim=True)  # one map per image
                 cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear",
                                     align_corners=False)[0, 0]
             else:

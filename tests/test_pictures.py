@@ -96,11 +96,9 @@ def spot_image(corner: str, seed: int) -> np.ndarray:
     return pixels
 
 
-@pytest.fixture(scope="module")
-def spot_model(tmp_path_factory) -> Path:
+def make_spot_model(root: Path, embedding: dict | None = None) -> Path:
     """Conv4 at 64 px (a 4x4 last map), adapted to 'spot' (a bright square anywhere)
     against 'plain' grey noise."""
-    root = tmp_path_factory.mktemp("spots")
     torch.manual_seed(0)
     encoder = build_backbone("conv4", image_size=BIG, channels=16)
     run = RunDir(root / "run")
@@ -110,7 +108,8 @@ def spot_model(tmp_path_factory) -> Path:
         "backbone_args": {"channels": 16}, "image_size": BIG,
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "feature_dim": encoder.feature_dim, "head": "protonet", "head_options": {},
-        "classes": {"base": ["b"], "val": [], "novel": []}, "metrics": {}}))
+        "classes": {"base": ["b"], "val": [], "novel": []}, "metrics": {},
+        "embedding": embedding or {}}))
     run.save_prototypes(Prototypes(["b"], torch.zeros(1, encoder.feature_dim),
                                    torch.zeros(encoder.feature_dim)))
     folder = root / "new"
@@ -124,6 +123,11 @@ def spot_model(tmp_path_factory) -> Path:
     out = root / "adapted"
     BaseModel(run).adapt(folder, shots=6, method="simpleshot", out=out)
     return out
+
+
+@pytest.fixture(scope="module")
+def spot_model(tmp_path_factory) -> Path:
+    return make_spot_model(tmp_path_factory.mktemp("spots"))
 
 
 def centre_of_mass(cam: torch.Tensor) -> tuple[float, float]:
@@ -145,6 +149,17 @@ def test_grad_cam_has_the_image_size_and_follows_the_square(spot_model) -> None:
     (y0, x0), (y1, x1) = centre_of_mass(maps[0]), centre_of_mass(maps[1])
     assert y0 < BIG / 2 and x0 < BIG / 2  # the top-left square
     assert y1 > BIG / 2 and x1 > BIG / 2  # the bottom-right one
+
+
+def test_grad_cam_over_dihedral_views_turns_each_map_back(tmp_path) -> None:
+    model = Adapted.load(make_spot_model(tmp_path, {"dihedral": True}))
+    images = torch.from_numpy(np.stack([spot_image("top-left", 50),
+                                        spot_image("bottom-right", 51)])).permute(0, 3, 1, 2)
+    maps, _, method = saliency(model, images.contiguous())
+    assert method == "Grad-CAM" and maps.shape == (2, BIG, BIG)
+    (y0, x0), (y1, x1) = centre_of_mass(maps[0]), centre_of_mass(maps[1])
+    assert y0 < BIG / 2 and x0 < BIG / 2  # the square, not its turned copies
+    assert y1 > BIG / 2 and x1 > BIG / 2
 
 
 def test_explain_command_writes_one_png_per_image_and_a_contact_sheet(spot_model,

@@ -55,8 +55,8 @@ class Group:
     """The label of the row its rows are paired against (default: the task's first row)."""
     query_imbalance: float | None = None
     prepare: dict[str, str] = field(default_factory=dict)
-    """Folders its pairs read (relative to the checkout) -> the experiments/ script that
-    writes one when it is missing (e.g. an unlabeled stream)."""
+    """Folders its pairs read (relative to the checkout) -> the experiments/ script (with
+    its arguments) that writes one when it is missing (e.g. an unlabeled stream)."""
     """Dirichlet alpha of unequal queries per class (`--query-imbalance`); such a group is
     scored on its own episodes, so its reference must be one of its own rows."""
 

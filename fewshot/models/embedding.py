@@ -52,6 +52,14 @@ def dihedral(images: Tensor) -> Tensor:
     return torch.stack(flips + [x.transpose(-1, -2) for x in flips])
 
 
+def undo_dihedral(views: Tensor) -> Tensor:
+    """Maps of the 8 views `[8, ..., H, W]` turned back to the original orientation."""
+    back = [v.transpose(-1, -2) if k >= 4 else v for k, v in enumerate(views)]
+    flips = [lambda m: m, lambda m: m.flip(-1), lambda m: m.flip(-2),
+             lambda m: m.flip(-1).flip(-2)]
+    return torch.stack([flips[k % 4](v) for k, v in enumerate(back)])
+
+
 def pool(output: Tensor) -> Tensor:
     """A stage's output as one vector per image: maps are averaged over space."""
     return output.flatten(2).mean(-1) if output.dim() > 2 else output.flatten(1)
