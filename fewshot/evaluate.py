@@ -345,6 +345,8 @@ def record(c: Candidate, metrics: dict[str, Any], names: list[str]) -> None:
 def summarise(c: Candidate) -> dict[str, Any]:
     out: dict[str, Any] = {"model": c.model, "head": c.head_name, "protocol": c.protocol,
                            "episodes": len(c.accuracy)}
+    if not c.members and not installed(c.head.encoder).plain:
+        out["embedding"] = installed(c.head.encoder).model_dump()
     if c.alignment is not None:
         out["alignment"] = c.alignment
     for key in ("accuracy", "macro_f1", "balanced_accuracy", "auroc"):

@@ -155,6 +155,9 @@ def render_card(doc: dict[str, Any]) -> str:
          f"task `{base.get('task')}` with head `{base.get('head')}`." if base else
          "- Base models: one per member (see Ensemble)."),
         f"- Encoder `{doc['backbone']}`; method `{doc['method']}`.",
+        *([f"- Features: {embedding_words(doc['embedding'])}."]
+          if doc.get("embedding") and (doc["embedding"].get("stages")
+                                       or doc["embedding"].get("dihedral")) else []),
         *(["- Transductive: `fewshot predict` classifies the images of one call jointly, so "
            "a prediction depends on the other images predicted with it (with fewer than two "
            "images a class on average it falls back to the support prototypes alone)."]
@@ -226,3 +229,13 @@ def render_card(doc: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def embedding_words(spec: dict) -> str:
+    """model.json's `embedding` in a sentence."""
+    stages = spec.get("stages") or []
+    words = (f"stages {', '.join(f'`{s}`' for s in stages)} pooled, each L2-normalised, "
+             "concatenated") if stages else "the encoder's output"
+    if spec.get("dihedral"):
+        words += ", averaged over the 8 flips and rotations of each image"
+    return words

@@ -95,8 +95,10 @@ def test_evaluate_reads_the_embedding_and_heads_of_one_model_keep_their_own(embe
     task, run = embedded_run
     result = evaluate([str(run)], ["simpleshot", "finetune:finetune_steps=1"], task,
                       ways=2, shots=2, queries=3, episodes=4, device="cpu", quiet=True)
-    accuracies = [r["accuracy"]["mean"] for r in result["results"]]
-    assert all(0.0 <= a <= 1.0 for a in accuracies)
+    simpleshot, finetune = result["results"]
+    assert simpleshot["embedding"] == {"stages": STAGES, "dihedral": True}
+    assert "embedding" not in finetune  # it read the plain output, and says nothing else
+    assert all(0.0 <= r["accuracy"]["mean"] <= 1.0 for r in result["results"])
 
 
 def test_adapt_records_the_embedding_and_predict_reads_it_back(embedded_run, tmp_path) -> None:
@@ -108,6 +110,8 @@ def test_adapt_records_the_embedding_and_predict_reads_it_back(embedded_run, tmp
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "adapted.json").read_text())["embedding"] == \
         {"stages": STAGES, "dihedral": True}
+    card = " ".join((out / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    assert "`features.2`, `features.3` pooled" in card and "8 flips and rotations" in card
     first = run_cli("predict", str(out), str(folder / "a"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     # the same images turned a quarter: the dihedral embedding gives the same answers
