@@ -36,7 +36,7 @@ from fewshot.models import build_backbone
 from fewshot.models.embedding import EmbeddingSpec
 from fewshot.ood import fit_domain
 from fewshot.run import RunDir
-from fewshot.schema import ModelMeta, Prototypes
+from fewshot.schema import FORMAT_VERSION, ModelMeta, Prototypes
 from fewshot.train.loop import base_prototypes
 from fewshot.train.meta_train import PROTOTYPE_IMAGES_PER_CLASS
 from fewshot.train.pretrain import PROTOTYPES_PER_CLASS
@@ -74,6 +74,7 @@ def with_embedding(run: RunDir, out: Path | None, spec: EmbeddingSpec,
         run = RunDir(out)
     meta: ModelMeta = run.read_meta()
     meta.embedding = spec
+    meta.format_version = FORMAT_VERSION  # a field older versions do not know
     run.save_prototypes(prototypes)
     meta.write(run.path / "model.json")
     return run

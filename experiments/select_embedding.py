@@ -45,6 +45,36 @@ CANDIDATES = {
                                                     dihedral=True),
 }
 OUT = ROOT / "experiments" / "results" / "embedding_selection.md"
+PROBES = ["linear-probe", "linear-probe:steps=200", "linear-probe:lr=0.05",
+          "linear-probe:temperature=5", "linear-probe:temperature=20",
+          "linear-probe:power=0.5"]
+"""The probe's default first, then the settings scored against it on the chosen embedding."""
+
+
+def probe_settings(folder: str, args: argparse.Namespace, cache: Models, started: float,
+                   load: float) -> None:
+    """Linear-probe settings on one embedding, paired against the default; appended to the
+    results file."""
+    lines = ["", f"## Linear-probe settings on {args.probe_on}", "",
+             f"`python experiments/select_embedding.py --probe-on '{args.probe_on}'`: the same "
+             "val episodes, each setting paired against the probe's default.", "",
+             "| head | shots | accuracy % | paired vs default |", "|---|---|---|---|"]
+    for shots in (1, 5):
+        result = evaluate([folder], PROBES, args.task, split="val", shots=shots,
+                          episodes=args.episodes, seed=0, device="cpu", cache=cache, quiet=True)
+        for i, head in enumerate(PROBES):
+            acc = result["results"][i]["accuracy"]
+            diff = "default" if i == 0 else \
+                "{:+.1f} ± {:.1f}".format(*(100 * result["paired"][i - 1]["accuracy_difference"][k]
+                                            for k in ("mean", "ci95")))
+            lines.append(f"| {head} | {shots} | {100 * acc['mean']:.1f} ± "
+                         f"{100 * acc['ci95']:.1f} | {diff} |")
+            print(lines[-1], flush=True)
+    lines += ["", f"{(time.time() - started) / 60:.1f} min, load average {load:.2f} at the "
+              "start."]
+    with OUT.open("a", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    print(f"appended to {OUT.relative_to(ROOT)}")
 
 
 def main() -> None:
@@ -52,6 +82,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=ROOT / "experiments" / "runs" / "blood-base5")
     parser.add_argument("--task", type=Path, default=ROOT / "tasks" / "blood-rare-rbc.yaml")
     parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--probe-on", choices=list(CANDIDATES),
+                        help="instead, score linear-probe settings on this embedding")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     started, load = time.time(), os.getloadavg()[0]
@@ -62,6 +94,9 @@ def main() -> None:
             with_embedding(RunDir(args.run), out, spec, args.task, quiet=True)
         folders.append(str(out))
     cache = Models(load_task(args.task), "val", 0, pick_device("cpu"), quiet=True)
+    if args.probe_on:
+        return probe_settings(folders[list(CANDIDATES).index(args.probe_on)], args, cache,
+                              started, load)
     lines = [
         "# Embedding selection on val",
         "",
