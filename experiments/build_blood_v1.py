@@ -24,6 +24,7 @@ import torch
 from fewshot.data.files import load_tensors, save_tensors
 from fewshot.data.tasks import load_task
 from fewshot.evaluate import evaluate
+from fewshot.model_card import embedding_words
 from fewshot.run import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +87,13 @@ against base + val classes); they were not selected on val in a controlled searc
 Trained in {minutes} minutes on a 2-core CPU with torch {torch}. Weights stored in
 float16 ({size_mb:.1f} MB); on the 600 5-shot episodes below, the float16 copy changes
 linear-probe accuracy by {change:+.2f} points.
+
+## Features
+
+Feature-based heads read {features} (model.json `embedding`, chosen on val:
+experiments/results/embedding_selection.md); the base statistics in
+prototypes.safetensors are of those features. `finetune` reads the encoder's plain
+512-d output.
 
 ## Results
 
@@ -162,7 +170,7 @@ def main() -> None:
         novel=", ".join(c.partition("/")[2] for c in trainval.classes("novel")),
         epochs=meta.metrics.get("epochs_trained"), minutes=round((max(times) - min(times)) / 60),
         torch=torch.__version__, size_mb=size / 2**20, change=100 * change,
-        rows=results_rows(args.run.name))
+        rows=results_rows(args.run.name), features=embedding_words(meta.embedding.model_dump()))
     (TARGET / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     print(f"wrote {TARGET.relative_to(ROOT)}")
 

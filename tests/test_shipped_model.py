@@ -28,6 +28,10 @@ def test_blood_v1_is_shipped_in_float16_under_25_mb_with_its_base_features() -> 
     stored = run.load_prototypes()
     assert stored.class_names == meta.classes["base"] and len(stored.class_names) == 15
     assert stored.base_features is not None
+    # heads read layer3 + layer4 over dihedral views; finetune the plain 512-d output
+    assert meta.embedding.stages == ["layer3", "layer4"] and meta.embedding.dihedral
+    assert stored.base_mean.shape == (256 + 512,) and stored.base_features.shape[1] == 768
+    assert stored.output_mean is not None and stored.output_mean.shape == (512,)
 
 
 def test_the_model_card_names_data_licenses_classes_and_the_left_out_sample() -> None:
