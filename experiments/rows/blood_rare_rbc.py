@@ -5,6 +5,13 @@ from it, each paired against the same encoder without meta-training."""
 from rows import Group, Pair, Stage, register
 
 TASK = "tasks/blood-rare-rbc.yaml"
+SHIPPED_OUTPUT = "experiments/runs/blood-v1-output"
+"""The shipped blood-v1's weights read through the encoder's plain output (layer4 pooled,
+one view), as every shipped-model row before model.json's `embedding` was measured; the
+shipped model itself now reads layer3 + layer4 over dihedral views (rows/embedding.py)."""
+PREPARE_OUTPUT = {SHIPPED_OUTPUT: "experiments/refresh_prototypes.py "
+                  "fewshot/resources/models/blood-v1 --task tasks/blood-rare-rbc-trainval.yaml "
+                  f"--stages --no-dihedral --out {SHIPPED_OUTPUT}"}
 BLOOD_V1 = Stage("blood-v1", "pretrain", "configs/blood-v1.yaml")
 FINETUNE_EPISODES = 100
 """finetune re-runs the encoder's last stage every step (about 2 s a 5-shot episode on the

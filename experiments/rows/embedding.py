@@ -5,19 +5,23 @@ encoder's plain output (the same weights, with base statistics of that output), 
 same head on the same episodes."""
 
 from rows import Group, Pair, register
-from rows.blood_rare_rbc import TASK
-
-OUTPUT = "experiments/runs/blood-v1-output"
-"""The shipped weights read through their plain output (layer4 pooled, one view)."""
-PREPARE = {OUTPUT: "experiments/refresh_prototypes.py fewshot/resources/models/blood-v1 "
-                   "--task tasks/blood-rare-rbc-trainval.yaml --stages --no-dihedral "
-                   f"--out {OUTPUT}"}
+from rows.blood_rare_rbc import PREPARE_OUTPUT, SHIPPED_OUTPUT, TASK
 
 for head, name in (("linear-probe", "linear probe"), ("simpleshot", "SimpleShot")):
     register(Group(
-        name=f"embedding-{head}", task=TASK, tier="cpu", prepare=PREPARE,
-        reference=f"shipped blood-v1, encoder output + {name}",
+        name=f"embedding-{head}", task=TASK, tier="cpu", prepare=PREPARE_OUTPUT,
+        reference=f"shipped blood-v1 (output) + {name}",
         note="shipped blood-v1 read as layer3 + layer4, dihedral views (its model.json), "
              "against the same weights read through the encoder's output",
-        pairs=[Pair(OUTPUT, head, f"shipped blood-v1, encoder output + {name}"),
+        pairs=[Pair(SHIPPED_OUTPUT, head, f"shipped blood-v1 (output) + {name}"),
                Pair("blood-v1", head, f"shipped blood-v1 + {name}")]))
+
+TRANSDUCTIVE = [("tim", "TIM"), ("tim-probe", "TIM on the linear probe")]
+register(Group(
+    name="embedding-transductive", task=TASK, tier="cpu",
+    note="TIM and tim-probe on the shipped blood-v1's embedding, against the linear probe on "
+         "the same embedding and episodes",
+    reference="shipped blood-v1 + linear probe",
+    pairs=[Pair("blood-v1", "linear-probe", "shipped blood-v1 + linear probe")]
+    + [Pair("blood-v1", head, f"shipped blood-v1 + {label} (transductive)")
+       for head, label in TRANSDUCTIVE]))

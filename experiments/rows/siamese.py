@@ -5,6 +5,7 @@ from the same encoder with the same recipe and budget (Meta-Baseline's cosine Pr
 both heads (the siamese head untrained is a scaled cosine to each support image)."""
 
 from rows import Group, Pair, Stage, register
+from rows.blood_rare_rbc import PREPARE_OUTPUT, SHIPPED_OUTPUT
 
 TASK = "tasks/blood-rare-rbc.yaml"
 SIAMESE = Stage("siamese-from-shipped", "meta-train", "configs/blood-v1-siamese.yaml")
@@ -13,7 +14,7 @@ PROTONET = Stage("protonet-from-shipped-400", "meta-train",
                  sets=["model.weights=blood-v1", "train.episodes=400"])
 
 register(Group(
-    name="siamese", task=TASK, tier="cpu", stages=[SIAMESE, PROTONET],
+    name="siamese", task=TASK, tier="cpu", stages=[SIAMESE, PROTONET], prepare=PREPARE_OUTPUT,
     note="pair verification (siamese head) beside ProtoNet, same start, recipe and budget",
     reference="shipped blood-v1 + ProtoNet meta-trained + protonet",
     pairs=[Pair("protonet-from-shipped-400", "protonet",
@@ -26,5 +27,7 @@ register(Group(
                 "shipped blood-v1 + siamese meta-trained + linear probe"),
            Pair("protonet-from-shipped-400", "linear-probe",
                 "shipped blood-v1 + ProtoNet meta-trained + linear probe"),
-           Pair("blood-v1", "protonet:distance=cosine", "shipped blood-v1 + protonet (cosine)"),
-           Pair("blood-v1", "siamese", "shipped blood-v1 + siamese (untrained pair score)")]))
+           Pair(SHIPPED_OUTPUT, "protonet:distance=cosine",
+                "shipped blood-v1 (output) + protonet (cosine)"),
+           Pair(SHIPPED_OUTPUT, "siamese",
+                "shipped blood-v1 (output) + siamese (untrained pair score)")]))

@@ -2,12 +2,14 @@
 queries and with queries split by a Dirichlet draw (alpha 2), each paired against the
 linear probe on the same encoder and episodes (the reference chosen in advance).
 
-On blood-rare-rbc the encoder is the shipped blood-v1 (its weights are in the package), so
-these rows need no 43-minute training run of their own; on wbc-to-rbc it is the wbc-v1
+On blood-rare-rbc the encoder is the shipped blood-v1 (its weights are in the package)
+read through its plain output (rows/blood_rare_rbc.py: SHIPPED_OUTPUT), so these rows need
+no 43-minute training run of their own; on wbc-to-rbc it is the wbc-v1
 stage. LaplacianShot came later: its rows are a group of their own (with the same
 reference on the same episodes), so adding it did not re-score the others."""
 
 from rows import Group, Pair, register
+from rows.blood_rare_rbc import PREPARE_OUTPUT, SHIPPED_OUTPUT
 from rows.blood_rare_rbc import TASK as BLOOD_TASK
 from rows.wbc_to_rbc import TASK as WBC_TASK
 from rows.wbc_to_rbc import WBC_V1
@@ -19,7 +21,7 @@ LATER = {"-laplacianshot": [("laplacianshot", "LaplacianShot"),
                              "LaplacianShot, prototypes unrectified"),
                             ("laplacianshot:probe=true", "LaplacianShot on the linear probe")]}
 
-for task, model, stages, name in ((BLOOD_TASK, "blood-v1", [], "shipped blood-v1"),
+for task, model, stages, name in ((BLOOD_TASK, SHIPPED_OUTPUT, [], "shipped blood-v1 (output)"),
                                   (WBC_TASK, WBC_V1.name, [WBC_V1], WBC_V1.name)):
     for imbalance in (None, 2.0):
         suffix = "" if imbalance is None else ", imbalanced queries"
@@ -29,6 +31,7 @@ for task, model, stages, name in ((BLOOD_TASK, "blood-v1", [], "shipped blood-v1
                 name="transductive" + extra + ("" if imbalance is None else "-imbalanced")
                      + ("" if task == BLOOD_TASK else "-wbc"),
                 task=task, tier="cpu", stages=stages, query_imbalance=imbalance,
+                prepare=PREPARE_OUTPUT if task == BLOOD_TASK else {},
                 note="heads that use the unlabeled query batch, against the linear probe",
                 reference=reference.label,
                 pairs=[reference] + [Pair(model, head,
