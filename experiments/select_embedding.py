@@ -51,6 +51,25 @@ PROBES = ["linear-probe", "linear-probe:steps=200", "linear-probe:lr=0.05",
 """The probe's default first, then the settings scored against it on the chosen embedding."""
 
 
+def val_table(models: list[str], heads: list[str], names: list[str], first: str,
+              args: argparse.Namespace, cache: Models) -> list[str]:
+    """Table rows of (model, head) pairs on the same val episodes, 1- and 5-shot, each
+    paired against the first."""
+    lines = []
+    for shots in (1, 5):
+        result = evaluate(models, heads, args.task, split="val", shots=shots,
+                          episodes=args.episodes, seed=0, device="cpu", cache=cache, quiet=True)
+        for i, name in enumerate(names):
+            acc = result["results"][i]["accuracy"]
+            diff = first if i == 0 else \
+                "{:+.1f} ± {:.1f}".format(*(100 * result["paired"][i - 1]["accuracy_difference"][k]
+                                            for k in ("mean", "ci95")))
+            lines.append(f"| {name} | {shots} | {100 * acc['mean']:.1f} ± "
+                         f"{100 * acc['ci95']:.1f} | {diff} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def probe_settings(folder: str, args: argparse.Namespace, cache: Models, started: float,
                    load: float) -> None:
     """Linear-probe settings on one embedding, paired against the default; appended to the
@@ -59,17 +78,7 @@ def probe_settings(folder: str, args: argparse.Namespace, cache: Models, started
              f"`python experiments/select_embedding.py --probe-on '{args.probe_on}'`: the same "
              "val episodes, each setting paired against the probe's default.", "",
              "| head | shots | accuracy % | paired vs default |", "|---|---|---|---|"]
-    for shots in (1, 5):
-        result = evaluate([folder], PROBES, args.task, split="val", shots=shots,
-                          episodes=args.episodes, seed=0, device="cpu", cache=cache, quiet=True)
-        for i, head in enumerate(PROBES):
-            acc = result["results"][i]["accuracy"]
-            diff = "default" if i == 0 else \
-                "{:+.1f} ± {:.1f}".format(*(100 * result["paired"][i - 1]["accuracy_difference"][k]
-                                            for k in ("mean", "ci95")))
-            lines.append(f"| {head} | {shots} | {100 * acc['mean']:.1f} ± "
-                         f"{100 * acc['ci95']:.1f} | {diff} |")
-            print(lines[-1], flush=True)
+    lines += val_table([folder], PROBES, PROBES, "default", args, cache)
     lines += ["", f"{(time.time() - started) / 60:.1f} min, load average {load:.2f} at the "
               "start."]
     with OUT.open("a", encoding="utf-8") as handle:
@@ -108,17 +117,7 @@ def main() -> None:
         "| embedding | shots | accuracy % | paired vs output |",
         "|---|---|---|---|",
     ]
-    for shots in (1, 5):
-        result = evaluate(folders, ["linear-probe"], args.task, split="val", shots=shots,
-                          episodes=args.episodes, seed=0, device="cpu", cache=cache, quiet=True)
-        for i, name in enumerate(CANDIDATES):
-            acc = result["results"][i]["accuracy"]
-            diff = "reference" if i == 0 else \
-                "{:+.1f} ± {:.1f}".format(*(100 * result["paired"][i - 1]["accuracy_difference"][k]
-                                            for k in ("mean", "ci95")))
-            lines.append(f"| {name} | {shots} | {100 * acc['mean']:.1f} ± "
-                         f"{100 * acc['ci95']:.1f} | {diff} |")
-            print(lines[-1], flush=True)
+    lines += val_table(folders, ["linear-probe"], list(CANDIDATES), "reference", args, cache)
     lines += ["", f"{(time.time() - started) / 60:.1f} min on {pick_device('cpu')}, torch "
               f"{torch.__version__}, load average {load:.2f} at the start."]
     OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")

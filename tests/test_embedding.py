@@ -101,13 +101,17 @@ def test_evaluate_reads_the_embedding_and_heads_of_one_model_keep_their_own(embe
     assert all(0.0 <= r["accuracy"]["mean"] <= 1.0 for r in result["results"])
 
 
+def adapt(run: Path, folder: Path, out: Path, shots: int, method: str) -> None:
+    done = run_cli("adapt", "--model", str(run), "--shots", str(shots), "--method", method,
+                   str(folder), "--out", str(out), "--no-wandb", cwd=out.parent)
+    assert done.returncode == 0, done.stderr
+
+
 def test_adapt_records_the_embedding_and_predict_reads_it_back(embedded_run, tmp_path) -> None:
     _, run = embedded_run
     folder = make_folder(tmp_path / "new", {"a": 6, "b": 6}, size=16, seed=3)
     out = tmp_path / "adapted"
-    done = run_cli("adapt", "--model", str(run), "--shots", "3", "--method", "linear-probe",
-                   str(folder), "--out", str(out), "--no-wandb", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    adapt(run, folder, out, 3, "linear-probe")
     assert json.loads((out / "adapted.json").read_text())["embedding"] == \
         {"stages": STAGES, "dihedral": True}
     card = " ".join((out / "MODEL_CARD.md").read_text(encoding="utf-8").split())
@@ -138,9 +142,7 @@ def test_an_adapted_model_with_an_embedding_exports_to_torchscript(embedded_run,
     _, run = embedded_run
     folder = make_folder(tmp_path / "new", {"a": 4, "b": 4}, size=16, seed=4)
     out = tmp_path / "adapted"
-    done = run_cli("adapt", "--model", str(run), "--shots", "2", "--method", "simpleshot",
-                   str(folder), "--out", str(out), "--no-wandb", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    adapt(run, folder, out, 2, "simpleshot")
     exported = run_cli("export", str(out), "--format", "torchscript", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr  # export checks its file's outputs
     module = torch.jit.load(str(out / "model.pt"))
