@@ -36,7 +36,7 @@ from fewshot.models import build_backbone
 from fewshot.models.embedding import EmbeddingSpec
 from fewshot.ood import fit_domain
 from fewshot.run import RunDir
-from fewshot.schema import FORMAT_VERSION, ModelMeta, Prototypes
+from fewshot.schema import FORMAT_VERSION, Prototypes
 from fewshot.train.loop import base_prototypes
 from fewshot.train.meta_train import PROTOTYPE_IMAGES_PER_CLASS
 from fewshot.train.pretrain import PROTOTYPES_PER_CLASS
@@ -64,15 +64,13 @@ def with_embedding(run: RunDir, out: Path | None, spec: EmbeddingSpec,
                    task_path: Path | None, quiet: bool = False) -> RunDir:
     """The run (or its copy in `out`) with `spec` in model.json and prototypes of it."""
     prototypes = run_prototypes(run, task_path, spec, quiet)
+    meta = run.read_meta()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("model.safetensors", "config.yaml"):
             if (run.path / name).is_file():
                 shutil.copy(run.path / name, out / name)
-        meta = run.read_meta()
-        meta.write(out / "model.json")
         run = RunDir(out)
-    meta: ModelMeta = run.read_meta()
     meta.embedding = spec
     meta.format_version = FORMAT_VERSION  # a field older versions do not know
     run.save_prototypes(prototypes)

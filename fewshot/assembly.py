@@ -81,12 +81,10 @@ def reads_embedding(head: FewShotHead) -> bool:
     return head.feature_based and not own
 
 
-def use_embedding(head: FewShotHead, spec: EmbeddingSpec) -> bool:
+def use_embedding(head: FewShotHead, spec: EmbeddingSpec) -> None:
     """Install the run's embedding on the head's encoder when the head reads it."""
-    if spec.plain or not reads_embedding(head):
-        return False
-    install(head.encoder, spec)
-    return True
+    if not spec.plain and reads_embedding(head):
+        install(head.encoder, spec)
 
 
 def model_transform(meta: ModelMeta) -> Normalize:

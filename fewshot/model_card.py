@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from fewshot.models.embedding import EmbeddingSpec
+
 
 def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
@@ -156,8 +158,7 @@ def render_card(doc: dict[str, Any]) -> str:
          "- Base models: one per member (see Ensemble)."),
         f"- Encoder `{doc['backbone']}`; method `{doc['method']}`.",
         *([f"- Features: {embedding_words(doc['embedding'])}."]
-          if doc.get("embedding") and (doc["embedding"].get("stages")
-                                       or doc["embedding"].get("dihedral")) else []),
+          if not EmbeddingSpec.model_validate(doc.get("embedding") or {}).plain else []),
         *(["- Transductive: `fewshot predict` classifies the images of one call jointly, so "
            "a prediction depends on the other images predicted with it (with fewer than two "
            "images a class on average it falls back to the support prototypes alone)."]
