@@ -16,7 +16,13 @@ from fewshot.config import load_config
 from fewshot.errors import UsageError
 from fewshot.evaluate import evaluate
 from fewshot.models import build_backbone
-from fewshot.models.embedding import EmbeddingSpec, embedding, install, installed
+from fewshot.models.embedding import (
+    EmbeddingSpec,
+    embedding,
+    install,
+    installed,
+    uninstall,
+)
 from fewshot.train.pretrain import pretrain
 
 STAGES = ["features.2", "features.3"]
@@ -54,6 +60,27 @@ def test_dihedral_features_do_not_move_when_the_image_is_turned_or_flipped() -> 
     assert reference.shape == (2, 512)
     assert torch.allclose(encoder(turned), reference, atol=1e-5)
     assert torch.allclose(encoder(flipped), reference, atol=1e-5)
+
+
+def test_installs_replace_each_other_and_nested_blocks_restore_the_outer_one() -> None:
+    """A second install replaces the first instead of pooling pooled features, and a block
+    inside another gives back the outer spec, not the plain output."""
+    torch.manual_seed(0)
+    encoder = build_backbone("resnet18", image_size=32).eval()
+    images = torch.rand(2, 3, 32, 32)
+    plain = encoder(images)
+    outer = EmbeddingSpec(stages=["layer3", "layer4"])
+    install(encoder, outer)
+    stages = encoder(images)
+    install(encoder, outer)
+    assert torch.equal(encoder(images), stages)
+    with embedding(encoder, EmbeddingSpec(dihedral=True)):
+        assert encoder(images).shape == (2, 512) and installed(encoder).dihedral
+        with embedding(encoder, None):
+            assert installed(encoder).dihedral
+    assert installed(encoder) == outer and torch.equal(encoder(images), stages)
+    uninstall(encoder)
+    assert torch.equal(encoder(images), plain) and installed(encoder).plain
 
 
 def test_an_unknown_stage_is_a_usage_error_naming_it() -> None:

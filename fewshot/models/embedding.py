@@ -65,15 +65,17 @@ def pool(output: Tensor) -> Tensor:
     return output.flatten(2).mean(-1) if output.dim() > 2 else output.flatten(1)
 
 
-def install(encoder: nn.Module, spec: EmbeddingSpec) -> list[RemovableHandle]:
-    """Make `encoder(images)` return the spec's features; the handles undo it."""
-    if spec.plain:
-        return []
+def install(encoder: nn.Module, spec: EmbeddingSpec) -> None:
+    """Make `encoder(images)` return the spec's features, replacing any spec installed
+    before (hooks never stack: a second install would pool pooled features)."""
     modules = dict(encoder.named_modules())
     missing = [name for name in spec.stages if name not in modules]
     if missing:
         raise UsageError(f"the encoder has no module {missing[0]!r}", "model.embedding.stages",
                          "name modules of the encoder, e.g. layer3 and layer4 of a ResNet")
+    uninstall(encoder)
+    if spec.plain:
+        return
     captured: dict[str, Tensor] = {}
     handles: list[RemovableHandle] = []
 
@@ -99,7 +101,16 @@ def install(encoder: nn.Module, spec: EmbeddingSpec) -> list[RemovableHandle]:
     handles += [modules[name].register_forward_hook(keep(name)) for name in spec.stages]
     handles.append(encoder.register_forward_hook(combine))
     encoder.embedding_spec = spec
-    return handles
+    encoder._embedding_handles = handles
+
+
+def uninstall(encoder: nn.Module) -> None:
+    """The encoder's plain output again."""
+    for handle in getattr(encoder, "_embedding_handles", []):
+        handle.remove()
+    for name in ("embedding_spec", "_embedding_handles"):
+        if name in encoder.__dict__:
+            delattr(encoder, name)
 
 
 def installed(encoder: nn.Module) -> EmbeddingSpec:
@@ -109,12 +120,14 @@ def installed(encoder: nn.Module) -> EmbeddingSpec:
 
 @contextmanager
 def embedding(encoder: nn.Module, spec: EmbeddingSpec | None) -> Iterator[nn.Module]:
-    """The encoder with `spec` installed inside the block, as it was after."""
-    handles = install(encoder, spec) if spec is not None else []
+    """The encoder with `spec` installed inside the block (None: as it is), and whatever
+    it had before restored after, so blocks nest."""
+    if spec is None:
+        yield encoder
+        return
+    before = installed(encoder)
+    install(encoder, spec)
     try:
         yield encoder
     finally:
-        for handle in handles:
-            handle.remove()
-        if handles:
-            del encoder.embedding_spec
+        install(encoder, before)
