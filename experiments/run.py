@@ -309,11 +309,19 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
             c = r["compute"]
             balance = ("balanced" if r.get("query_imbalance") is None
                        else f"Dirichlet α={r['query_imbalance']:g}")
-            lines.append(f"| {r['label']} | {r['shots']} | {balance} | {r['episodes']} | "
+            mark = " †" if r.get("measured_on") else ""
+            lines.append(f"| {r['label']}{mark} | {r['shots']} | {balance} | {r['episodes']} | "
                          f"{pct(r['accuracy'])} | {pct(r['macro_f1'])} | {pct(r['auroc'])} | "
                          f"{vs} | {r['protocol']} | {c['training_min'] or '-'} | "
                          f"{c['evaluation_s']:.0f} | {c['load_average'][0]} |")
         lines.append("")
+        for earlier in dict.fromkeys(r["measured_on"] for r in rows
+                                     if r["task"] == task and r.get("measured_on")):
+            groups = ", ".join(dict.fromkeys(r["group"] for r in rows if r["task"] == task
+                                             and r.get("measured_on") == earlier))
+            lines += [f"† Measured on {earlier}, and paired against a row of those "
+                      "weights as they were then. `python experiments/run.py --tier cpu "
+                      f"--only GROUP` re-scores it on the current ones (groups: {groups}).", ""]
         for r in rows:
             if r["task"] == task and r.get("paired_members"):
                 lines.append(f"- {r['label']} ({r['shots']}-shot) against each member: "

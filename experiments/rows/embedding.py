@@ -17,11 +17,14 @@ for head, name in (("linear-probe", "linear probe"), ("simpleshot", "SimpleShot"
                Pair("blood-v1", head, f"shipped blood-v1 + {name}")]))
 
 TRANSDUCTIVE = [("tim", "TIM"), ("tim-probe", "TIM on the linear probe")]
-register(Group(
-    name="embedding-transductive", task=TASK, tier="cpu",
-    note="TIM and tim-probe on the shipped blood-v1's embedding, against the linear probe on "
-         "the same embedding and episodes",
-    reference="shipped blood-v1 + linear probe",
-    pairs=[Pair("blood-v1", "linear-probe", "shipped blood-v1 + linear probe")]
-    + [Pair("blood-v1", head, f"shipped blood-v1 + {label} (transductive)")
-       for head, label in TRANSDUCTIVE]))
+for imbalance in (None, 2.0):
+    suffix = "" if imbalance is None else ", imbalanced queries"
+    register(Group(
+        name="embedding-transductive" + ("" if imbalance is None else "-imbalanced"),
+        task=TASK, tier="cpu", query_imbalance=imbalance,
+        note="TIM and tim-probe on the shipped blood-v1's embedding, against the linear "
+             "probe on the same embedding and episodes",
+        reference=f"shipped blood-v1 + linear probe{suffix}",
+        pairs=[Pair("blood-v1", "linear-probe", f"shipped blood-v1 + linear probe{suffix}")]
+        + [Pair("blood-v1", head, f"shipped blood-v1 + {label} (transductive){suffix}")
+           for head, label in TRANSDUCTIVE]))
