@@ -101,14 +101,14 @@ def install(encoder: nn.Module, spec: EmbeddingSpec) -> None:
     handles += [modules[name].register_forward_hook(keep(name)) for name in spec.stages]
     handles.append(encoder.register_forward_hook(combine))
     encoder.embedding_spec = spec
-    encoder._embedding_handles = handles
+    encoder.embedding_hooks = handles
 
 
 def uninstall(encoder: nn.Module) -> None:
     """The encoder's plain output again."""
-    for handle in getattr(encoder, "_embedding_handles", []):
+    for handle in getattr(encoder, "embedding_hooks", []):
         handle.remove()
-    for name in ("embedding_spec", "_embedding_handles"):
+    for name in ("embedding_spec", "embedding_hooks"):
         if name in encoder.__dict__:
             delattr(encoder, name)
 
