@@ -139,7 +139,7 @@ def results_rows(run_name: str) -> str:
     rows = json.loads(path.read_text())["rows"] if path.is_file() else []
     chosen = {(r["head"], r["shots"]): r for r in rows
               if r["group"] in CARD_GROUPS and r["task"] == "blood-rare-rbc"
-              and r["label"].removeprefix("shipped ").startswith(run_name + " +")
+              and r["model"] == run_name
               and not r.get("measured_on") and r["episodes"] >= 600}
     lines = [f"| {head} | {shots} | {100 * r['accuracy']['mean']:.1f} ± "
              f"{100 * r['accuracy']['ci95']:.1f} | {100 * r['macro_f1']['mean']:.1f} ± "

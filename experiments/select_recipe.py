@@ -87,7 +87,10 @@ def main() -> None:
     lines += ["", f"Scoring: {(time.time() - started) / 60:.1f} min on {pick_device('cpu')}, "
               f"torch {torch.__version__}, load average {load:.2f} at the start."
               + (f" Training: {', '.join(minutes)}." if minutes else "")]
-    OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    kept = OUT.read_text(encoding="utf-8").partition("\n## ") if OUT.is_file() else ("", "", "")
+    # sections below the table (checks on novel, written after the choice) stay
+    OUT.write_text("\n".join(lines) + "\n" + (kept[1] + kept[2] if kept[1] else ""),
+                   encoding="utf-8")
     print(f"wrote {OUT.relative_to(ROOT)}")
 
 
