@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ from fewshot.data.files import sha256_file, shipped_model  # noqa: E402
 from fewshot.data.tasks import load_task  # noqa: E402
 from fewshot.device import pick_device  # noqa: E402
 from fewshot.evaluate import Models, evaluate  # noqa: E402
+from fewshot.methods import head_class, parse_head_spec  # noqa: E402
 from fewshot.metrics import accuracy_difference  # noqa: E402
 
 WAYS, QUERIES, SEED = 5, 15, 0
@@ -116,6 +118,18 @@ def fingerprint(model: str) -> str | None:
         if (folder / name).is_file())).hexdigest()[:16]
 
 
+def head_settings(spec: str | None) -> dict | None:
+    """Every setting a head spec runs with, its defaults included, so that a cached
+    evaluation is scored again when a default changes."""
+    if not spec:
+        return None
+    name, options = parse_head_spec(spec)
+    parameters = inspect.signature(head_class(name)).parameters
+    defaults = {key: p.default for key, p in parameters.items()
+                if isinstance(p.default, (bool, int, float, str)) or p.default is None}
+    return {"head": name, **defaults, **options}
+
+
 def own_stages(group: Group) -> dict[str, Stage]:
     """The stages a group trains: a pair's model names one of them, else a shipped model,
     `pixels` or `random:...` (another group's stage of the same name is not this one's)."""
@@ -132,10 +146,11 @@ def score(task: str, chosen: list[tuple[Group, Pair]], shots: int | str,
         model, count = model_spec(pair, stages), min(pair.episodes or episodes, episodes)
         members = [model_spec(m, stages) for m in pair.members]
         identity = [task, shots, episodes, query_imbalance, model, fingerprint(model),
-                    pair.head, count] + ([pair.unlabeled] if pair.unlabeled else [])
+                    pair.head, count, head_settings(pair.head)]
+        identity += [pair.unlabeled] if pair.unlabeled else []
         if members:
-            identity += [[m, fingerprint(m), p.head] for m, p in zip(members, pair.members,
-                                                                      strict=True)]
+            identity += [[m, fingerprint(m), p.head, head_settings(p.head)]
+                         for m, p in zip(members, pair.members, strict=True)]
         key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
         cached = RUNS / "eval" / f"{key}.json"
         if cached.is_file():

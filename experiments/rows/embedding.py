@@ -16,14 +16,21 @@ for head, name in (("linear-probe", "linear probe"), ("simpleshot", "SimpleShot"
         pairs=[Pair(SHIPPED_OUTPUT, head, f"shipped blood-v1 (output) + {name}"),
                Pair("blood-v1", head, f"shipped blood-v1 + {name}")]))
 
-TRANSDUCTIVE = [("tim", "TIM"), ("tim-probe", "TIM on the linear probe")]
+TRANSDUCTIVE = [("tim", "TIM"), ("tim-probe", "TIM on the linear probe"),
+                ("tim:marginal_entropy_weight=1", "TIM, balance weight 1"),
+                ("tim-probe:marginal_entropy_weight=1",
+                 "TIM on the linear probe, balance weight 1")]
+"""The heads' defaults (balance weight 0.1, chosen on val by
+experiments/select_transductive.py), then the earlier default (weight 1) on the same
+episodes, which shows what the choice was worth on novel."""
 for imbalance in (None, 2.0):
     suffix = "" if imbalance is None else ", imbalanced queries"
     register(Group(
         name="embedding-transductive" + ("" if imbalance is None else "-imbalanced"),
         task=TASK, tier="cpu", query_imbalance=imbalance,
         note="TIM and tim-probe on the shipped blood-v1's embedding, against the linear "
-             "probe on the same embedding and episodes",
+             "probe on the same embedding and episodes (balance weight 0.1, their default, "
+             "and 1, the earlier default)",
         reference=f"shipped blood-v1 + linear probe{suffix}",
         pairs=[Pair("blood-v1", "linear-probe", f"shipped blood-v1 + linear probe{suffix}")]
         + [Pair("blood-v1", head, f"shipped blood-v1 + {label} (transductive){suffix}")
