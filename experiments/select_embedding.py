@@ -52,19 +52,24 @@ PROBES = ["linear-probe", "linear-probe:steps=200", "linear-probe:lr=0.05",
 
 
 def val_table(models: list[str], heads: list[str], names: list[str], first: str,
-              args: argparse.Namespace, cache: Models) -> list[str]:
+              args: argparse.Namespace, cache: Models,
+              query_imbalance: float | None = None, queries_column: bool = False) -> list[str]:
     """Table rows of (model, head) pairs on the same val episodes, 1- and 5-shot, each
-    paired against the first."""
+    paired against the first; queries split by a Dirichlet draw with `query_imbalance`,
+    named in a column of their own when `queries_column`."""
     lines = []
     for shots in (1, 5):
         result = evaluate(models, heads, args.task, split="val", shots=shots,
-                          episodes=args.episodes, seed=0, device="cpu", cache=cache, quiet=True)
+                          episodes=args.episodes, seed=0, device="cpu", cache=cache, quiet=True,
+                          query_imbalance=query_imbalance)
         for i, name in enumerate(names):
             acc = result["results"][i]["accuracy"]
             diff = first if i == 0 else \
                 "{:+.1f} ± {:.1f}".format(*(100 * result["paired"][i - 1]["accuracy_difference"][k]
                                             for k in ("mean", "ci95")))
-            lines.append(f"| {name} | {shots} | {100 * acc['mean']:.1f} ± "
+            queries = "" if not queries_column else " balanced |" if query_imbalance is None \
+                else f" Dirichlet {query_imbalance:g} |"
+            lines.append(f"| {name} | {shots} |{queries} {100 * acc['mean']:.1f} ± "
                          f"{100 * acc['ci95']:.1f} | {diff} |")
             print(lines[-1], flush=True)
     return lines

@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from fewshot.data.tasks import load_task
-from fewshot.device import pick_device
-from fewshot.evaluate import Models, evaluate
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from select_embedding import val_table  # noqa: E402
+
+from fewshot.data.tasks import load_task  # noqa: E402
+from fewshot.device import pick_device  # noqa: E402
+from fewshot.evaluate import Models  # noqa: E402
+
 RUN = ROOT / "experiments" / "runs" / "embedding-select" / "layer3+layer4-dihedral"
 OUT = ROOT / "experiments" / "results" / "transductive_selection.md"
 HEADS = ["linear-probe",
@@ -43,25 +48,25 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=RUN)
     parser.add_argument("--task", type=Path, default=ROOT / "tasks" / "blood-rare-rbc.yaml")
     parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--extra", nargs="+", metavar="HEAD",
+                        help="score these heads (beside the linear probe) on the same episodes "
+                             "and write them as the file's 'Further candidates' section, "
+                             "leaving the rest of it as it is")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     started, load = time.time(), os.getloadavg()[0]
     cache = Models(load_task(args.task), "val", 0, pick_device("cpu"), quiet=True)
-    rows = []
-    for imbalance in (None, 2.0):
-        for shots in (1, 5):
-            result = evaluate([str(args.run)] * len(HEADS), HEADS, args.task, split="val",
-                              shots=shots, episodes=args.episodes, seed=0, device="cpu",
-                              cache=cache, quiet=True, query_imbalance=imbalance)
-            queries = "balanced" if imbalance is None else f"Dirichlet {imbalance:g}"
-            for i, head in enumerate(HEADS):
-                acc = result["results"][i]["accuracy"]
-                diff = "reference" if i == 0 else "{:+.1f} ± {:.1f}".format(
-                    *(100 * result["paired"][i - 1]["accuracy_difference"][k]
-                      for k in ("mean", "ci95")))
-                rows.append(f"| {head} | {shots} | {queries} | {100 * acc['mean']:.1f} ± "
-                            f"{100 * acc['ci95']:.1f} | {diff} |")
-                print(rows[-1], flush=True)
+    heads = ["linear-probe", *args.extra] if args.extra else HEADS
+    rows = [row for imbalance in (None, 2.0)
+            for row in val_table([str(args.run)] * len(heads), heads, heads, "reference", args,
+                                 cache, query_imbalance=imbalance, queries_column=True)]
+    footer = (f"{(time.time() - started) / 60:.1f} min on cpu, torch {torch.__version__}, "
+              f"load average {load:.2f} at the start.")
+    table = ["| head | shots | queries | accuracy % | paired vs linear probe |",
+             "|---|---|---|---|---|", *rows, "", footer]
+    if args.extra:
+        write_extra(args, table)
+        return
     lines = ["# How much the transductive heads trust a balanced batch, chosen on val", "",
              f"`python experiments/select_transductive.py --episodes {args.episodes}`: "
              f"{os.path.relpath(args.run, ROOT)} (blood-v1's recipe, 5 epochs, base classes "
@@ -69,12 +74,26 @@ def main() -> None:
              f"a class (balanced) or 75 split by a Dirichlet draw (alpha 2), {args.episodes} "
              "seeded episodes, each head paired against the linear probe (mean ± 95% CI, "
              "points).", "",
-             "| head | shots | queries | accuracy % | paired vs linear probe |",
-             "|---|---|---|---|---|", *rows, "",
-             f"{(time.time() - started) / 60:.1f} min on cpu, torch {torch.__version__}, "
-             f"load average {load:.2f} at the start."]
-    OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+             *table]
+    kept = OUT.read_text(encoding="utf-8").partition("\n## ")[2] if OUT.is_file() else ""
+    OUT.write_text("\n".join(lines) + "\n" + (f"\n## {kept}" if kept else ""),
+                   encoding="utf-8")
     print(f"wrote {OUT.relative_to(ROOT)}")
+
+
+def write_extra(args: argparse.Namespace, table: list[str]) -> None:
+    """Replace (or add) the 'Further candidates' section; the main table and the choice
+    written below it stay."""
+    title = "## Further candidates"
+    text = OUT.read_text(encoding="utf-8") if OUT.is_file() else ""
+    before, found, after = text.partition(f"\n{title}\n")
+    rest = after.partition("\n## ")[2] if found else ""
+    section = [title, "", f"`python experiments/select_transductive.py --episodes "
+               f"{args.episodes} --extra {' '.join(args.extra)}`: the same val episodes.", "",
+               *table]
+    OUT.write_text(before.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+                   + (f"\n## {rest}" if rest else ""), encoding="utf-8")
+    print(f"wrote the further candidates to {OUT.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
