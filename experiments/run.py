@@ -171,6 +171,45 @@ def score(task: str, chosen: list[tuple[Group, Pair]], shots: int | str,
     return rows
 
 
+def label_of(pair: Pair) -> str:
+    return pair.label or f"{pair.model} + {pair.head}"
+
+
+def check_references(groups: list[Group], registered: list[Group]) -> None:
+    """Every group's reference row is among the rows to score, checked before any training
+    or scoring (a missing one would otherwise stop the run at its end, its work unsaved)."""
+    for group in groups:
+        if not group.reference:  # the set's first row
+            continue
+        if not any(label_of(p) == group.reference for g in groups if g.task == group.task
+                   for p in g.pairs):
+            owners = sorted(g.name for g in registered if g.task == group.task
+                            and any(label_of(p) == group.reference for p in g.pairs))
+            raise SystemExit(f"group {group.name}: its reference '{group.reference}' is not "
+                             f"among the groups to run; add {' or '.join(owners) or '?'} to "
+                             "--only")
+
+
+def meta_transfer_verdict(rows: list[dict]) -> list[str]:
+    """One plain sentence on whether meta-training beat the encoder it started from (a
+    paired 95% CI above zero with some head at some shot), from the current meta-transfer
+    rows; nothing when a task has none."""
+    meta = [r for r in rows if r["group"].startswith("meta-transfer")
+            and not r.get("measured_on")]
+    if not meta:
+        return []
+    best = max(meta, key=lambda r: r["paired"]["mean"] - r["paired"]["ci95"])
+    wins = [r for r in meta if r["paired"]["mean"] - r["paired"]["ci95"] > 0]
+    p = best["paired"]
+    head = (f"Meta-transfer beats the encoder it starts from in {len(wins)} of {len(meta)} "
+            "rows (a paired 95% CI above zero, same test-time head); the best:" if wins else
+            "Meta-transfer does not beat the encoder it starts from: no meta-transfer row "
+            f"of the {len(meta)} has a paired 95% CI above zero against it with the same "
+            "test-time head; the closest:")
+    return [f"{head} {best['label']}, {best['shots']}-shot, {100 * p['mean']:+.1f} ± "
+            f"{100 * p['ci95']:.1f} vs {p['reference']}.", ""]
+
+
 def compute(result: dict, stage: Stage | None) -> dict:
     return {"device": f"cpu ({os.cpu_count()} cores, {platform.processor() or 'x86_64'})",
             "evaluation_s": result["wall_s"],
@@ -193,7 +232,7 @@ def score_rows(task: str, name: str, pairs: list[tuple[Group, Pair]], episodes: 
     for shots in sorted({s for g, _ in pairs for s in g.shots}, key=shots_order):
         chosen = [(g, p) for g, p in pairs if shots in g.shots]
         scored = score(task, chosen, shots, episodes, cache, imbalance)
-        labels = [p.label or f"{p.model} + {p.head}" for _, p in chosen]
+        labels = [label_of(p) for _, p in chosen]
         for (group, pair), result in zip(chosen, scored, strict=True):
             reference = group.reference or labels[0]
             if reference not in labels:
@@ -245,6 +284,7 @@ def main() -> None:
         raise SystemExit(f"unknown row group(s) {unknown}; registered: {sorted(known)}")
     groups = [g for g in registered if g.tier == args.tier
               and (args.only is None or g.name in args.only)]
+    check_references(groups, registered)
     rows, missing = [], []
     by_task: dict[str, list[Group]] = {}
     for group in groups:
@@ -337,6 +377,7 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
             lines += [f"† Measured on {earlier}, and paired against a row of those "
                       "weights as they were then. `python experiments/run.py --tier cpu "
                       f"--only GROUP` re-scores it on the current ones (groups: {groups}).", ""]
+        lines += meta_transfer_verdict([r for r in rows if r["task"] == task])
         for r in rows:
             if r["task"] == task and r.get("paired_members"):
                 lines.append(f"- {r['label']} ({r['shots']}-shot) against each member: "
