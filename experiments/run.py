@@ -198,8 +198,11 @@ def meta_transfer_verdict(rows: list[dict]) -> list[str]:
             and not r.get("measured_on")]
     if not meta:
         return []
-    best = max(meta, key=lambda r: r["paired"]["mean"] - r["paired"]["ci95"])
-    wins = [r for r in meta if r["paired"]["mean"] - r["paired"]["ci95"] > 0]
+    def lower_end(r: dict) -> float:
+        return r["paired"]["mean"] - r["paired"]["ci95"]
+
+    best = max(meta, key=lower_end)
+    wins = [r for r in meta if lower_end(r) > 0]
     p = best["paired"]
     head = (f"Meta-transfer beats the encoder it starts from in {len(wins)} of {len(meta)} "
             "rows (a paired 95% CI above zero, same test-time head); the best:" if wins else

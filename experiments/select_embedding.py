@@ -75,6 +75,13 @@ def val_table(models: list[str], heads: list[str], names: list[str], first: str,
     return lines
 
 
+def write_keeping_sections(path: Path, lines: list[str]) -> None:
+    """Write `lines` as the head of `path`, keeping the `## ` sections below it (checks on
+    novel and the choice, written after a table), which a rerun would otherwise drop."""
+    kept = path.read_text(encoding="utf-8").partition("\n## ") if path.is_file() else ("",) * 3
+    path.write_text("\n".join(lines) + "\n" + kept[1] + kept[2], encoding="utf-8")
+
+
 def probe_settings(folder: str, args: argparse.Namespace, cache: Models, started: float,
                    load: float) -> None:
     """Linear-probe settings on one embedding, paired against the default; appended to the

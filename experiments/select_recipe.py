@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from select_embedding import val_table  # noqa: E402
+from select_embedding import val_table, write_keeping_sections  # noqa: E402
 
 from fewshot.data.tasks import load_task  # noqa: E402
 from fewshot.device import pick_device  # noqa: E402
@@ -87,10 +87,7 @@ def main() -> None:
     lines += ["", f"Scoring: {(time.time() - started) / 60:.1f} min on {pick_device('cpu')}, "
               f"torch {torch.__version__}, load average {load:.2f} at the start."
               + (f" Training: {', '.join(minutes)}." if minutes else "")]
-    kept = OUT.read_text(encoding="utf-8").partition("\n## ") if OUT.is_file() else ("", "", "")
-    # sections below the table (checks on novel, written after the choice) stay
-    OUT.write_text("\n".join(lines) + "\n" + (kept[1] + kept[2] if kept[1] else ""),
-                   encoding="utf-8")
+    write_keeping_sections(OUT, lines)
     print(f"wrote {OUT.relative_to(ROOT)}")
 
 

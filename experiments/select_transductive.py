@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from select_embedding import val_table  # noqa: E402
+from select_embedding import val_table, write_keeping_sections  # noqa: E402
 
 from fewshot.data.tasks import load_task  # noqa: E402
 from fewshot.device import pick_device  # noqa: E402
@@ -75,9 +75,7 @@ def main() -> None:
              "seeded episodes, each head paired against the linear probe (mean ± 95% CI, "
              "points).", "",
              *table]
-    kept = OUT.read_text(encoding="utf-8").partition("\n## ")[2] if OUT.is_file() else ""
-    OUT.write_text("\n".join(lines) + "\n" + (f"\n## {kept}" if kept else ""),
-                   encoding="utf-8")
+    write_keeping_sections(OUT, lines)
     print(f"wrote {OUT.relative_to(ROOT)}")
 
 

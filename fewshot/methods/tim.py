@@ -16,8 +16,8 @@ on balanced batches (experiments/results/transductive_selection.md).
 1)` (alpha-TIM, Veilleux et al., 2021): for alpha > 1 the marginal term penalises an
 unequal class split less steeply; `None` is the Shannon limit (alpha -> 1). On val,
 alpha=2 at balance weight 1 still lost 5 to 8 points on Dirichlet-split batches, against
-none at weight 0.1 (transductive_selection.md). With fewer than two queries a class on average, the
-support prototypes alone (inductive).
+none at weight 0.1 (transductive_selection.md). With fewer than two queries a class on
+average, the support prototypes alone (inductive).
 """
 
 from __future__ import annotations

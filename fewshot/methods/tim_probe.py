@@ -8,8 +8,8 @@ bias; this head keeps everything the probe learns from the support and only adds
 batch. `marginal_entropy_weight` is 0.1, chosen on val with balanced and Dirichlet-split
 query batches (experiments/results/transductive_selection.md): at 1 the batch is pulled
 towards equal classes, which costs 7.6 points when it is not; `alpha` gives alpha-TIM's
-Tsallis entropies. With fewer than two queries a class
-on average, it is the linear probe (inductive). Deterministic, as the probe is.
+Tsallis entropies. With fewer than two queries a class on average, it is the linear probe
+(inductive). Deterministic, as the probe is.
 """
 
 from __future__ import annotations
