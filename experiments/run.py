@@ -21,12 +21,14 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "experiments" / "runs"
@@ -75,6 +77,12 @@ def training_minutes(stage: Stage) -> float | None:
     times = [json.loads(line)["time"] for line in path.read_text().splitlines()
              if '"time"' in line]
     return round((max(times) - min(times)) / 60, 1) if times else None
+
+
+def training_seed(stage: Stage) -> int | None:
+    """The seed the stage's run was trained with, as its resolved config.yaml records it."""
+    path = stage_dir(stage) / "config.yaml"
+    return yaml.safe_load(path.read_text())["train"]["seed"] if path.is_file() else None
 
 
 def model_spec(pair: Pair, stages: dict[str, Stage]) -> str:
@@ -213,6 +221,33 @@ def meta_transfer_verdict(rows: list[dict]) -> list[str]:
             f"{100 * p['ci95']:.1f} vs {p['reference']}.", ""]
 
 
+def seed_spread(rows: list[dict]) -> list[str]:
+    """One line per (encoder, head, shots, queries) scored with more than one training
+    seed: each seed's accuracy, their mean and standard deviation, beside the episode CI of
+    one seed, so a reader sees how much of a difference the seed alone makes."""
+    def base(r: dict) -> tuple:
+        return (r.get("seed_of") or r["model"], r["head"], r["shots"], r.get("query_imbalance"))
+
+    current = [r for r in rows if not r.get("measured_on") and r["seeds"]["training"]]
+    lines = []
+    for key in dict.fromkeys(base(r) for r in current if r.get("seed_of")):
+        runs = sorted((r for r in current if base(r) == key),
+                      key=lambda r: r["seeds"]["training"][0])
+        if len(runs) < 2:
+            continue
+        accuracy = [100 * r["accuracy"]["mean"] for r in runs]
+        first = next((r for r in runs if not r.get("seed_of")), runs[0])
+        balance = "" if key[3] is None else f", Dirichlet α={key[3]:g} queries"
+        lines.append(
+            f"- {first['label']}, {key[2]}-shot{balance}, training seeds "
+            f"{', '.join(str(r['seeds']['training'][0]) for r in runs)}: "
+            f"{', '.join(f'{a:.1f}' for a in accuracy)}; mean {statistics.mean(accuracy):.1f}, "
+            f"standard deviation across seeds {statistics.stdev(accuracy):.1f} points "
+            f"(episode 95% CI of one seed: ± {100 * first['accuracy']['ci95']:.1f}).")
+    return ["Training seeds (the same recipe trained again; the same episodes):", "",
+            *lines, ""] if lines else []
+
+
 def compute(result: dict, stage: Stage | None) -> dict:
     return {"device": f"cpu ({os.cpu_count()} cores, {platform.processor() or 'x86_64'})",
             "evaluation_s": result["wall_s"],
@@ -264,7 +299,9 @@ def score_rows(task: str, name: str, pairs: list[tuple[Group, Pair]], episodes: 
                 "paired": {"reference": reference, "episodes": diff["episodes"],
                            "mean": diff["mean"], "ci95": diff["ci95"]},
                 **({"paired_members": against_members} if against_members else {}),
-                "seeds": {"episodes": SEED, "training": [0] if stage else []},
+                "seeds": {"episodes": SEED,
+                          "training": [training_seed(stage)] if stage else []},
+                **({"seed_of": group.seed_of} if group.seed_of else {}),
                 "command": command_of(task, pair, stages, shots, result["episodes"],
                                       imbalance),
                 "compute": compute(result, stage)})
@@ -381,6 +418,7 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
                       "weights as they were then. `python experiments/run.py --tier cpu "
                       f"--only GROUP` re-scores it on the current ones (groups: {groups}).", ""]
         lines += meta_transfer_verdict([r for r in rows if r["task"] == task])
+        lines += seed_spread([r for r in rows if r["task"] == task])
         for r in rows:
             if r["task"] == task and r.get("paired_members"):
                 lines.append(f"- {r['label']} ({r['shots']}-shot) against each member: "

@@ -54,11 +54,14 @@ class Group:
     reference: str = ""
     """The label of the row its rows are paired against (default: the task's first row)."""
     query_imbalance: float | None = None
+    """Dirichlet alpha of unequal queries per class (`--query-imbalance`); such a group is
+    scored on its own episodes, so its reference must be one of its own rows."""
     prepare: dict[str, str] = field(default_factory=dict)
     """Folders its pairs read (relative to the checkout) -> the experiments/ script (with
     its arguments) that writes one when it is missing (e.g. an unlabeled stream)."""
-    """Dirichlet alpha of unequal queries per class (`--query-imbalance`); such a group is
-    scored on its own episodes, so its reference must be one of its own rows."""
+    seed_of: str = ""
+    """The stage whose recipe its stages repeat with other training seeds: RESULTS.md
+    gives, for each head and shots, every seed's accuracy and their spread."""
 
 
 GROUPS: list[Group] = []
