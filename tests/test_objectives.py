@@ -115,6 +115,29 @@ def test_pretrain_logs_each_objective_and_records_it(task_and_stream, tmp_path, 
     assert all(k.startswith("encoder.") for k in weights)  # the extra heads stay behind
 
 
+def test_ssl_without_base_classes_centres_both_readings(task_and_stream, tmp_path):
+    """No base classes: the centring means come from the unlabeled images, the embedding's
+    for feature-based heads and the plain output's for those that read it (finetune)."""
+    import yaml
+
+    from fewshot.schema import Prototypes
+
+    task, stream = task_and_stream
+    spec = yaml.safe_load(task.read_text())
+    spec["splits"]["base"], spec["data_root"] = [], str(task.parent / "data")
+    no_base = tmp_path / "no-base.yaml"
+    no_base.write_text(yaml.safe_dump(spec))
+    config = load_config(None, [f"data.task={no_base}", *TINY, "train.epochs=1",
+                                "train.objective=ssl", f"data.unlabeled=[{stream}]",
+                                "model.embedding={dihedral: true}"])
+    run = pretrain(config, out=tmp_path / "run", quiet=True).path
+    stored = Prototypes.load(run / "prototypes.safetensors")
+    assert stored.class_names == [] and stored.output_mean is not None
+    assert stored.output_mean.shape == stored.base_mean.shape
+    # a different reading of the same images: the single view's mean, not the dihedral one's
+    assert not torch.allclose(stored.output_mean, stored.base_mean)
+
+
 def test_ssl_needs_no_labels_and_refusals_are_one_line(task_and_stream, tmp_path):
     task, stream = task_and_stream
     common = ["--set", f"data.task={task}", *[a for s in TINY for a in ("--set", s)],

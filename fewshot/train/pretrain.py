@@ -320,11 +320,15 @@ class PretrainStage(Stage):
         # no base classes (self-supervised alone): the centre is the unlabeled images' mean
         images = self.images[torch.from_numpy(subsample(
             np.zeros(len(self.images), dtype=np.int64), 50 * PROTOTYPES_PER_CLASS, 0))]
-        with embedding(self.model.encoder, self.config.model.embedding):
+        spec = self.config.model.embedding
+        with embedding(self.model.encoder, spec):
             features = embed(self.model.encoder, images, self.normalize, self.device)
+        # heads that read the plain output (finetune, the MAML family) centre on its mean
+        output_mean = None if spec is None or spec.plain else \
+            embed(self.model.encoder, images, self.normalize, self.device).mean(0)
         run.save_prototypes(Prototypes([], features.new_zeros(0, features.shape[1]),
                                        features.mean(0), features[:BASE_FEATURES_PER_CLASS],
-                                       fit_domain(features)))
+                                       fit_domain(features), output_mean))
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict(), "world_size": self.world.size}
