@@ -328,7 +328,7 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
             raise UsageError("--unlabeled aligns one model", "--unlabeled",
                              "give one --model, or drop --unlabeled")
         return ensemble_command(folder, shots, ensemble, target, seed, keep_base, device,
-                                quiet, calibrate)
+                                quiet, calibrate, use_wandb, wandb_options)
     base = BaseModel(model)
     print(f"adapting {base.run.path} ({base.meta.kind} run, trained head {base.meta.head}, "
           f"{base.meta.backbone})", flush=True)
@@ -420,7 +420,8 @@ def adapt_ensemble(pairs: list[tuple[Path | RunDir, str | None]], folder: str | 
 
 def ensemble_command(folder: Path, shots: int, pairs: list[tuple[Path | RunDir, str | None]],
                      target: Path, seed: int, keep_base: bool, device: str, quiet: bool,
-                     calibrate: bool) -> Path:
+                     calibrate: bool, use_wandb: bool = True,
+                     wandb_options: dict | None = None) -> Path:
     ensemble = adapt_ensemble(pairs, folder, shots, seed, keep_base, device, quiet, calibrate)
     ensemble.save(target)
     for i, member in enumerate(ensemble.metrics["members"]):
@@ -435,6 +436,8 @@ def ensemble_command(folder: Path, shots: int, pairs: list[tuple[Path | RunDir, 
               "Wilson)")
     print(calibration_line(ensemble.calibration))
     print(f"ensemble of {len(pairs)} adapted models written to {target}")
+    if use_wandb:
+        log_adapt(ensemble, target, quiet, **(wandb_options or {}))
     return target
 
 

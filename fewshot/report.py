@@ -99,8 +99,9 @@ def log_adapt(adapted, target: Path, quiet: bool, *, project: str = "fewshot",
               entity: str | None = None, name: str | None = None,
               log_model: bool = False) -> None:
     """An `adapt` run in W&B (job_type `adapt`): leave-out accuracy, per-class
-    sensitivity and the confusion matrix as tables; `log_model` adds the adapted folder
-    as an artifact."""
+    sensitivity and the confusion matrix as tables, and an ensemble's members with their
+    own leave-out accuracy on the same images; `log_model` adds the adapted folder as an
+    artifact."""
     m = adapted.metrics
     config = {"method": adapted.method, "classes": adapted.classes, "adapted_dir": str(target)}
     with Tracker(None, job_type="adapt", config=config, quiet=quiet, project=project,
@@ -117,6 +118,11 @@ def log_adapt(adapted, target: Path, quiet: bool, *, project: str = "fewshot",
             tracker.log_table("adapt/confusion", ["true", *c["columns"]],
                               [[r, *row] for r, row in zip(c["rows"], c["matrix"], strict=True)],
                               step=0)
+        if m.get("members"):
+            tracker.log_table("adapt/members", ["member", "base_model", "method", "accuracy",
+                                                "ece"],
+                              [[e["path"], e["base_model"], e["method"], e["accuracy"],
+                                e["ece"]] for e in m["members"]], step=0)
         if log_model:
             tracker.log_artifact(Path(target), name=f"adapted-{Path(target).resolve().name}",
                                  kind="adapted-model")

@@ -67,6 +67,21 @@ def test_adapt_logs_an_adapt_run_with_leave_out_accuracy(tmp_path: Path) -> None
     assert predicted.returncode == 0, predicted.stderr
 
 
+def test_ensemble_adapt_logs_its_members(tmp_path: Path) -> None:
+    runs = [write_run(tmp_path / name / "run") for name in ("one", "two")]
+    folder = make_folder(tmp_path / "new_disease", {"alpha": 6, "beta": 6}, size=SIZE, seed=1)
+    result = run_cli("adapt", "--shots", "2", str(folder), "--model", str(runs[0].path),
+                     "--model", str(runs[1].path), "--method", "protonet", "--method",
+                     "linear-probe", "--run-name", "ensemble-tiny", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "wandb").exists()
+    records = wandb_records(tmp_path / "adapted" / "new_disease" / "wandb")
+    meta = _run_record(records)
+    assert (meta["job_type"], meta["display_name"]) == ("adapt", "ensemble-tiny")
+    assert meta["config"]["update"]["method"] == "ensemble"
+    assert {"adapt/accuracy", "adapt/members._type"} <= _history_keys(records)
+
+
 def test_no_wandb_leaves_no_wandb_folder(tmp_path: Path) -> None:
     run = write_run(tmp_path / "runs" / "tiny")
     folder = make_folder(tmp_path / "new_disease", {"alpha": 4, "beta": 4}, size=SIZE, seed=1)
