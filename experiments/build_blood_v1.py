@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import textwrap
 from pathlib import Path
 
 import torch
+from run import seed_spread
 
 from fewshot.data.files import load_tensors, save_tensors
 from fewshot.data.tasks import load_task
@@ -95,10 +97,7 @@ linear-probe accuracy by {change:+.2f} points.
 
 ## Features
 
-Feature-based heads read {features} (model.json `embedding`, chosen on val:
-experiments/results/embedding_selection.md); the base statistics in
-prototypes.safetensors are of those features. `finetune` reads the encoder's plain
-512-d output.
+{features}
 
 ## Results
 
@@ -111,7 +110,7 @@ also use the unlabeled query batch):
 | head | shots | accuracy % | macro-F1 % | AUROC % |
 |---|---|---|---|---|
 {rows}
-
+{seeds}
 ## Limitations
 
 - 64 px inputs only; other sizes are resized by the adapted model's preprocessing.
@@ -149,6 +148,42 @@ def results_rows(run_name: str) -> str:
     return "\n".join(lines) or "| (run experiments/run.py --tier cpu first) | | | | |"
 
 
+def features_paragraph(spec: dict) -> str:
+    """What the heads read, why, and what it was worth on the rare classes (RESULTS.json's
+    embedding rows: the same weights read through the plain output, paired)."""
+    path = ROOT / "experiments" / "RESULTS.json"
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    worth = [r for r in rows if r["group"] == "embedding-linear-probe"
+             and not r.get("measured_on") and r["paired"]["reference"] != r["label"]]
+    text = (f"Feature-based heads read {embedding_words(spec)} (model.json `embedding`, "
+            "chosen on val with an encoder that never saw the val classes: "
+            "experiments/results/embedding_selection.md); the base statistics in "
+            "prototypes.safetensors are of those features.")
+    if worth:
+        text += (" On the rare classes, against the same weights read through the plain "
+                 "output, linear probe, paired on the same episodes: " + "; ".join(
+                     f"{100 * r['paired']['mean']:+.1f} ± {100 * r['paired']['ci95']:.1f} "
+                     f"points at {r['shots']}-shot" for r in sorted(worth,
+                                                                    key=lambda r: r["shots"]))
+                 + ".")
+    text += (" `finetune`, `siamese` and the MAML family read the encoder's plain 512-d "
+             "output, centred on its own base mean (`output_mean` in prototypes.safetensors).")
+    return textwrap.fill(text, width=88)
+
+
+def seed_lines(run_name: str) -> str:
+    """The spread across training seeds of the same recipe (RESULTS.md's training-seeds
+    rows), so a reader can tell a model's difference from the seed's."""
+    path = ROOT / "experiments" / "RESULTS.json"
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    lines = seed_spread([r for r in rows if r["task"] == "blood-rare-rbc"
+                         and (r["model"] == run_name or r.get("seed_of") == run_name)])
+    if not lines:
+        return ""
+    return ("\nThe same recipe trained again with other seeds, on the same episodes "
+            "(experiments/RESULTS.md):\n\n" + "\n".join(lines[2:]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=ROOT / "experiments" / "runs" / "blood-v1")
@@ -179,7 +214,8 @@ def main() -> None:
         novel=", ".join(c.partition("/")[2] for c in trainval.classes("novel")),
         epochs=meta.metrics.get("epochs_trained"), minutes=round((max(times) - min(times)) / 60),
         torch=torch.__version__, size_mb=size / 2**20, change=100 * change,
-        rows=results_rows(args.run.name), features=embedding_words(meta.embedding.model_dump()))
+        rows=results_rows(args.run.name), seeds=seed_lines(args.run.name),
+        features=features_paragraph(meta.embedding.model_dump()))
     (TARGET / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     print(f"wrote {TARGET.relative_to(ROOT)}")
 
