@@ -109,7 +109,8 @@ def command_of(task: str, pair: Pair, stages: dict[str, Stage], shots: int | str
     parts += [f"--unlabeled {folder}" for folder in pair.unlabeled]
     if pair.model in stages:
         stage = stages[pair.model]
-        parts.insert(0, f"fewshot {stage.command} --config {stage.config} "
+        sets = "".join(f" --set {shlex.quote(a)}" for a in stage.sets)
+        parts.insert(0, f"fewshot {stage.command} --config {stage.config}{sets} "
                         f"--out experiments/runs/{stage.name} &&")
     return " ".join(parts)
 
