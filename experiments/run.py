@@ -359,6 +359,9 @@ def main() -> None:
     if args.only is not None:  # the other groups keep their rows from the last full run
         kept = [r for r in previous_rows(args.tier) if r["group"] not in set(args.only)]
         rows = kept + rows
+    scored = {r["group"] for r in rows}
+    missing += [g.name for g in registered if g.tier == args.tier
+                and g.name not in scored and g.name not in missing]
     write(rows, missing, args)
 
 
@@ -403,13 +406,14 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
             vs = ("reference" if p["reference"] == r["label"] else
                   f"{100 * p['mean']:+.1f} ± {100 * p['ci95']:.1f} vs {p['reference']}")
             c = r["compute"]
+            seconds = "-" if c["evaluation_s"] is None else f"{c['evaluation_s']:.0f}"
             balance = ("balanced" if r.get("query_imbalance") is None
                        else f"Dirichlet α={r['query_imbalance']:g}")
             mark = " †" if r.get("measured_on") else ""
             lines.append(f"| {r['label']}{mark} | {r['shots']} | {balance} | {r['episodes']} | "
                          f"{pct(r['accuracy'])} | {pct(r['macro_f1'])} | {pct(r['auroc'])} | "
                          f"{vs} | {r['protocol']} | {c['training_min'] or '-'} | "
-                         f"{c['evaluation_s']:.0f} | {c['load_average'][0]} |")
+                         f"{seconds} | {(c['load_average'] or ['-'])[0]} |")
         lines.append("")
         for earlier in dict.fromkeys(r["measured_on"] for r in rows
                                      if r["task"] == task and r.get("measured_on")):
@@ -428,8 +432,9 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
         if any(r["task"] == task and r.get("paired_members") for r in rows):
             lines.append("")
     if missing:
-        lines += ["Not run (their training stages are not in experiments/runs/): "
-                  + ", ".join(missing), ""]
+        lines += ["Registered and not scored yet (their training stages are not in "
+                  "experiments/runs/; `--only GROUP` with its reference's group trains and "
+                  "scores one): " + ", ".join(missing), ""]
     (out / "RESULTS.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
