@@ -1,0 +1,59 @@
+"""The results harness's summaries (experiments/run.py): the spread across training seeds
+and the meta-transfer verdict are computed from the rows they summarise, and a group whose
+reference is not among the groups to run is refused before any training."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+
+import run  # noqa: E402
+from rows import Group, Pair  # noqa: E402
+
+
+def row(label: str, model: str, accuracy: float, seed: int, *, seed_of: str = "",
+        group: str = "g", paired: tuple[float, float] = (0.0, 0.01),
+        measured_on: str = "") -> dict:
+    r = {"group": group, "label": label, "model": model, "head": "linear-probe", "shots": 5,
+         "query_imbalance": None, "accuracy": {"mean": accuracy, "ci95": 0.006},
+         "seeds": {"episodes": 0, "training": [seed]},
+         "paired": {"reference": "ref", "mean": paired[0], "ci95": paired[1]}}
+    if seed_of:
+        r["seed_of"] = seed_of
+    if measured_on:
+        r["measured_on"] = measured_on
+    return r
+
+
+def test_seed_spread_gives_each_seed_their_mean_and_standard_deviation():
+    rows = [row("m + LP", "m", 0.48, 0), row("m (seed 1) + LP", "m-s1", 0.50, 1, seed_of="m"),
+            row("m (seed 2) + LP", "m-s2", 0.49, 2, seed_of="m"),
+            row("old + LP", "old", 0.30, 0, measured_on="earlier")]
+    lines = run.seed_spread(rows)
+    body = [line for line in lines if line.startswith("- ")]
+    assert len(body) == 1
+    assert body[0].startswith("- m + LP, 5-shot, training seeds 0, 1, 2: 48.0, 50.0, 49.0;")
+    assert "mean 49.0" in body[0] and "deviation across seeds 1.0 points" in body[0]
+    assert "± 0.6" in body[0]
+    assert run.seed_spread(rows[:1]) == []  # one seed: nothing to spread
+
+
+def test_meta_transfer_verdict_follows_the_rows():
+    losing = [row("a", "a", 0.4, 0, group="meta-transfer-x", paired=(-0.01, 0.004))]
+    assert "does not beat" in run.meta_transfer_verdict(losing)[0]
+    winning = losing + [row("b", "b", 0.4, 0, group="meta-transfer-y", paired=(0.01, 0.004))]
+    assert "beats the encoder it starts from in 1 of 2 rows" in \
+        run.meta_transfer_verdict(winning)[0]
+    assert run.meta_transfer_verdict([row("c", "c", 0.4, 0)]) == []
+
+
+def test_a_missing_reference_group_is_named_before_any_work():
+    owner = Group("owner", "t.yaml", "cpu", [Pair("pixels", "simpleshot", "floor")])
+    user = Group("user", "t.yaml", "cpu", [Pair("m", "simpleshot", "m")], reference="floor")
+    run.check_references([owner, user], [owner, user])
+    with pytest.raises(SystemExit, match="add owner to --only"):
+        run.check_references([user], [owner, user])
