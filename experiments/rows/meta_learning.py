@@ -3,9 +3,9 @@ MAML trained from scratch (Conv4), and ProtoNet, ANIL, first-order MAML and P>M>
 from a supervised ResNet-18 trained on the 10 base classes alone
 (configs/pretrain-resnet18-blood.yaml: Adam, val-selected), each meta-transfer row paired
 against that encoder without meta-training, with the nearest test-time head. These stages
-take hours on the 2-core CPU (Conv4 ProtoNet about 80 min, MAML about 65 min for 1,200
-episodes in meta-batches of 4), so each is trained
-and scored in its own sitting (`--only GROUP`)."""
+take hours on the 2-core CPU (Conv4 ProtoNet about 80 min, MAML about 65 min for 300
+training tasks in meta-batches of 4), so each is trained and scored in its own sitting
+(`--only GROUP`)."""
 
 from rows import Group, Pair, Stage, register
 from rows.blood_rare_rbc import FINETUNE_EPISODES, TASK
@@ -21,7 +21,7 @@ register(Group(
     name="meta-from-scratch", task=TASK, tier="cpu", reference=PIXELS,
     stages=[Stage("protonet-conv4", "meta-train", "configs/protonet-conv4.yaml"),
             Stage("maml-conv4", "meta-train", "configs/maml-conv4.yaml",
-                  sets=["train.episodes=1200"])],
+                  sets=["train.episodes=300"])],
     note="episodic training from random weights, the classic few-shot baselines",
     pairs=[Pair("protonet-conv4", "protonet", "ProtoNet from scratch (Conv4)"),
            Pair("maml-conv4", "maml", "MAML from scratch (Conv4)", episodes=SLOW_EPISODES)]))
