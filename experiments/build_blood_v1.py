@@ -133,9 +133,13 @@ def fp16_copy(run: Path, target: Path) -> None:
     (target / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def results_rows(run_name: str) -> str:
+def stored_rows() -> list[dict]:
+    """RESULTS.json's rows, the source of every figure the card quotes."""
     path = ROOT / "experiments" / "RESULTS.json"
-    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
+
+
+def results_rows(rows: list[dict], run_name: str) -> str:
     chosen = {(r["head"], r["shots"]): r for r in rows
               if r["group"] in CARD_GROUPS and r["task"] == "blood-rare-rbc"
               and r["model"] == run_name
@@ -148,11 +152,9 @@ def results_rows(run_name: str) -> str:
     return "\n".join(lines) or "| (run experiments/run.py --tier cpu first) | | | | |"
 
 
-def features_paragraph(spec: dict) -> str:
+def features_paragraph(rows: list[dict], spec: dict) -> str:
     """What the heads read, why, and what it was worth on the rare classes (RESULTS.json's
     embedding rows: the same weights read through the plain output, paired)."""
-    path = ROOT / "experiments" / "RESULTS.json"
-    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
     worth = [r for r in rows if r["group"] == "embedding-linear-probe"
              and not r.get("measured_on") and r["paired"]["reference"] != r["label"]]
     text = (f"Feature-based heads read {embedding_words(spec)} (model.json `embedding`, "
@@ -171,17 +173,15 @@ def features_paragraph(spec: dict) -> str:
     return textwrap.fill(text, width=88)
 
 
-def seed_lines(run_name: str) -> str:
+def seed_lines(rows: list[dict], run_name: str) -> str:
     """The spread across training seeds of the same recipe (RESULTS.md's training-seeds
     rows), so a reader can tell a model's difference from the seed's."""
-    path = ROOT / "experiments" / "RESULTS.json"
-    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
     lines = seed_spread([r for r in rows if r["task"] == "blood-rare-rbc"
                          and (r["model"] == run_name or r.get("seed_of") == run_name)])
     if not lines:
         return ""
     return ("\nThe same recipe trained again with other seeds, on the same episodes "
-            "(experiments/RESULTS.md):\n\n" + "\n".join(lines[2:]))
+            "(experiments/RESULTS.md):\n\n" + "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -203,6 +203,7 @@ def main() -> None:
           f"{100 * result['results'][1]['accuracy']['mean']:.2f}% ({100 * change:+.2f} points)")
     assert abs(change) < MAX_CHANGE, "float16 changes accuracy by 0.1 point or more"
 
+    rows = stored_rows()
     trainval = load_task(ROOT / "tasks" / "blood-rare-rbc-trainval.yaml")
     base = trainval.split("base")
     times = [json.loads(line)["time"] for line in
@@ -214,8 +215,8 @@ def main() -> None:
         novel=", ".join(c.partition("/")[2] for c in trainval.classes("novel")),
         epochs=meta.metrics.get("epochs_trained"), minutes=round((max(times) - min(times)) / 60),
         torch=torch.__version__, size_mb=size / 2**20, change=100 * change,
-        rows=results_rows(args.run.name), seeds=seed_lines(args.run.name),
-        features=features_paragraph(meta.embedding.model_dump()))
+        rows=results_rows(rows, args.run.name), seeds=seed_lines(rows, args.run.name),
+        features=features_paragraph(rows, meta.embedding.model_dump()))
     (TARGET / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     print(f"wrote {TARGET.relative_to(ROOT)}")
 

@@ -245,8 +245,7 @@ def seed_spread(rows: list[dict]) -> list[str]:
             f"{', '.join(f'{a:.1f}' for a in accuracy)}; mean {statistics.mean(accuracy):.1f}, "
             f"standard deviation across seeds {statistics.stdev(accuracy):.1f} points "
             f"(episode 95% CI of one seed: ± {100 * first['accuracy']['ci95']:.1f}).")
-    return ["Training seeds (the same recipe trained again; the same episodes):", "",
-            *lines, ""] if lines else []
+    return lines
 
 
 def compute(result: dict, stage: Stage | None) -> dict:
@@ -423,7 +422,9 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
                       "weights as they were then. `python experiments/run.py --tier cpu "
                       f"--only GROUP` re-scores it on the current ones (groups: {groups}).", ""]
         lines += meta_transfer_verdict([r for r in rows if r["task"] == task])
-        lines += seed_spread([r for r in rows if r["task"] == task])
+        if spread := seed_spread([r for r in rows if r["task"] == task]):
+            lines += ["Training seeds (the same recipe trained again; the same episodes):", "",
+                      *spread, ""]
         for r in rows:
             if r["task"] == task and r.get("paired_members"):
                 lines.append(f"- {r['label']} ({r['shots']}-shot) against each member: "

@@ -235,6 +235,15 @@ def draw_curves(run: RunDir, title: str, quiet: bool) -> None:
     plots.training_curves(records, run.path / "curves.png", "training step", title)
 
 
+def plain_output_mean(encoder: nn.Module, images: Tensor, transform, device: torch.device,
+                      spec: EmbeddingSpec | None) -> Tensor | None:
+    """The mean of the encoder's plain output when heads read another embedding: finetune,
+    siamese and the MAML family read the plain output and centre on this."""
+    if spec is None or spec.plain:
+        return None
+    return embed(encoder, images, transform, device).mean(0)
+
+
 def base_prototypes(encoder: nn.Module, images: Tensor, data: SplitData, transform,
                     device: torch.device, per_class: int,
                     spec: EmbeddingSpec | None = None) -> Prototypes:
@@ -249,10 +258,9 @@ def base_prototypes(encoder: nn.Module, images: Tensor, data: SplitData, transfo
         features = embed(encoder, keep, transform, device)
     prototypes = class_means(features, torch.from_numpy(labels), len(data.classes))
     subset = subsample(labels, BASE_FEATURES_PER_CLASS, seed=0)
-    output_mean = None if spec is None or spec.plain else \
-        embed(encoder, keep, transform, device).mean(0)
     return Prototypes(list(data.classes), prototypes, features.mean(0),
-                      features[torch.from_numpy(subset)], fit_domain(features), output_mean)
+                      features[torch.from_numpy(subset)], fit_domain(features),
+                      plain_output_mean(encoder, keep, transform, device, spec))
 
 
 def start(config: Config, data_root: str | None, config_dir: Path | None,

@@ -67,6 +67,7 @@ from fewshot.train.loop import (
     crossed,
     make_optimizer,
     make_scheduler,
+    plain_output_mean,
     run_stage,
 )
 from fewshot.train.objectives import UnlabeledObjectives, check_objectives, load_unlabeled
@@ -323,12 +324,11 @@ class PretrainStage(Stage):
         spec = self.config.model.embedding
         with embedding(self.model.encoder, spec):
             features = embed(self.model.encoder, images, self.normalize, self.device)
-        # heads that read the plain output (finetune, the MAML family) centre on its mean
-        output_mean = None if spec is None or spec.plain else \
-            embed(self.model.encoder, images, self.normalize, self.device).mean(0)
         run.save_prototypes(Prototypes([], features.new_zeros(0, features.shape[1]),
                                        features.mean(0), features[:BASE_FEATURES_PER_CLASS],
-                                       fit_domain(features), output_mean))
+                                       fit_domain(features),
+                                       plain_output_mean(self.model.encoder, images,
+                                                         self.normalize, self.device, spec)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict(), "world_size": self.world.size}
