@@ -361,7 +361,7 @@ def main() -> None:
     scored = {r["group"] for r in rows}
     missing += [g.name for g in registered if g.tier == args.tier
                 and g.name not in scored and g.name not in missing]
-    write(rows, missing, args)
+    write(rows, missing, args, [g.name for g in registered])
 
 
 def previous_rows(tier: str) -> list[dict]:
@@ -376,12 +376,22 @@ def pct(entry: dict) -> str:
     return f"{100 * entry['mean']:.1f} ± {100 * entry['ci95']:.1f}"
 
 
-def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> None:
+def write(rows: list[dict], missing: list[str], args: argparse.Namespace,
+          registered: list[str]) -> None:
     out = ROOT / "experiments"
     (out / "RESULTS.json").write_text(json.dumps({"tier": args.tier, "rows": rows},
                                                  indent=2) + "\n")
+    text = markdown(rows, missing, args.tier, registered)
+    (out / "RESULTS.md").write_text(text)
+    print(text)
+
+
+def markdown(rows: list[dict], missing: list[str], tier: str, registered: list[str]) -> str:
+    """RESULTS.md: a table per task (rows in the registry's group order, whichever groups
+    a run re-scored), then its footnotes and summaries."""
+    order = {name: i for i, name in enumerate(registered)}
     lines = ["# Results", "",
-             f"Written by `python experiments/run.py --tier {args.tier}`; every row of a task "
+             f"Written by `python experiments/run.py --tier {tier}`; every row of a task "
              f"on the same seeded episodes ({WAYS}-way, {QUERIES} queries a class, or "
              f"{WAYS * QUERIES} split by a Dirichlet draw where the queries column says so, "
              f"seed {SEED}; "
@@ -394,11 +404,16 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
                   "| row | shots | queries | episodes | accuracy % | macro-F1 % | AUROC % | "
                   "vs reference, points | protocol | train min | eval s | load avg |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        printed = set()  # a row two groups share (a reference of their own) prints once
+        printed = set()  # a measurement two groups share with the same comparison (a
+        # reference of their own, or the same pair under two labels) prints once; the same
+        # label on other episodes (a finetune row on 50 and on 100) prints twice
         for r in sorted((r for r in rows if r["task"] == task),
                         key=lambda r: (r.get("query_imbalance") is not None,
-                                       shots_order(r["shots"]), rows.index(r))):
-            if (seen := (r["label"], r["shots"], r.get("query_imbalance"))) in printed:
+                                       shots_order(r["shots"]),
+                                       order.get(r["group"], len(order)), rows.index(r))):
+            if (seen := (r["model"], r["head"], r["shots"], r.get("query_imbalance"),
+                         r["episodes"], r["accuracy"]["mean"], r["paired"]["reference"])) \
+                    in printed:
                 continue
             printed.add(seen)
             p = r["paired"]
@@ -416,11 +431,20 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
         lines.append("")
         for earlier in dict.fromkeys(r["measured_on"] for r in rows
                                      if r["task"] == task and r.get("measured_on")):
-            groups = ", ".join(dict.fromkeys(r["group"] for r in rows if r["task"] == task
-                                             and r.get("measured_on") == earlier))
-            lines += [f"† Measured on {earlier}, and paired against a row of those "
-                      "weights as they were then. `python experiments/run.py --tier cpu "
-                      f"--only GROUP` re-scores it on the current ones (groups: {groups}).", ""]
+            names = list(dict.fromkeys(r["group"] for r in rows if r["task"] == task
+                                       and r.get("measured_on") == earlier))
+            live = [n for n in names if n in registered]
+            retired = [n for n in names if n not in registered]
+            text = (f"† Measured on {earlier}, and paired against a row of those weights "
+                    "as they were then.")
+            if live:
+                text += (" `python experiments/run.py --tier cpu --only GROUP` re-scores it "
+                         f"on the current ones (groups: {', '.join(live)}).")
+            if retired:
+                text += (f" The rows of {', '.join(retired)} are those weights' own rows, "
+                         "no longer registered: their current counterparts are the rows "
+                         "without †.")
+            lines += [text, ""]
         lines += meta_transfer_verdict([r for r in rows if r["task"] == task])
         if spread := seed_spread([r for r in rows if r["task"] == task]):
             lines += ["Training seeds (the same recipe trained again; the same episodes):", "",
@@ -436,8 +460,7 @@ def write(rows: list[dict], missing: list[str], args: argparse.Namespace) -> Non
         lines += ["Registered and not scored yet (their training stages are not in "
                   "experiments/runs/; `--only GROUP` with its reference's group trains and "
                   "scores one): " + ", ".join(missing), ""]
-    (out / "RESULTS.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,12 @@ class TrainConfig(Section):
     align: Literal["none", "mmd", "dann"] = "none"
     """Pretrain: align the base features with those of the unlabeled (target) images."""
     align_weight: float = Field(default=1.0, ge=0)
+    distill: str | None = None
+    """Pretrain: a finished pretrain run of the same task (same base classes) whose
+    softened base-class outputs the student learns beside the labels (self-distillation)."""
+    distill_weight: float = Field(default=0.5, ge=0, le=1)
+    """The soft term's share of the loss; the labels' cross-entropy has the rest."""
+    distill_temperature: float = Field(default=4.0, gt=0)
 
 
 class EvalConfig(Section):

@@ -1,6 +1,7 @@
 """The results harness's summaries (experiments/run.py): the spread across training seeds
-and the meta-transfer verdict are computed from the rows they summarise, and a group whose
-reference is not among the groups to run is refused before any training."""
+and the meta-transfer verdict are computed from the rows they summarise, a group whose
+reference is not among the groups to run is refused before any training, and the table
+prints each measurement once."""
 
 from __future__ import annotations
 
@@ -57,3 +58,30 @@ def test_a_missing_reference_group_is_named_before_any_work():
     run.check_references([owner, user], [owner, user])
     with pytest.raises(SystemExit, match="add owner to --only"):
         run.check_references([user], [owner, user])
+
+
+def table_row(label: str, model: str, accuracy: float, *, episodes: int = 600,
+              group: str = "g", measured_on: str = "") -> dict:
+    r = row(label, model, accuracy, 0, group=group, measured_on=measured_on)
+    r.update(task="t.yaml", episodes=episodes, protocol="inductive",
+             macro_f1={"mean": accuracy, "ci95": 0.006}, auroc={"mean": 0.7, "ci95": 0.004},
+             compute={"training_min": None, "evaluation_s": 1.0, "load_average": [1.0]})
+    return r
+
+
+def test_results_table_prints_a_measurement_once_and_each_episode_count():
+    rows = [table_row("m + LP", "m", 0.48, group="a"),
+            table_row("m + LP", "m", 0.48, group="b"),  # a reference two groups share
+            table_row("m + LP (another label)", "m", 0.48, group="c"),  # the same pair
+            table_row("m + finetune", "m", 0.50, episodes=100),
+            table_row("m + finetune", "m", 0.51, episodes=50, group="old", measured_on="w0")]
+    for r in rows[3:]:
+        r["head"] = "finetune"
+    text = run.markdown(rows, [], "cpu", ["a", "b", "c", "g"])
+    table = [line for line in text.splitlines() if line.startswith("| m + ")]
+    assert [line.split(" | ")[0] for line in table] == ["| m + LP", "| m + finetune",
+                                                       "| m + finetune †"]
+    assert {line.split(" | ")[3] for line in table[1:]} == {"100", "50"}
+    # the footnote offers only registered groups to re-run, and names the retired one
+    footnote = next(line for line in text.splitlines() if line.startswith("† Measured on w0"))
+    assert "--only GROUP" not in footnote and "The rows of old are" in footnote

@@ -281,6 +281,8 @@ def start(config: Config, data_root: str | None, config_dir: Path | None,
     config.data.task = str(task.source.resolve())
     if config.model.weights and Path(config.model.weights).exists():
         config.model.weights = str(Path(config.model.weights).resolve())
+    if config.train.distill and Path(config.train.distill).exists():
+        config.train.distill = str(Path(config.train.distill).resolve())
     # unlabeled folders named in a config file are relative to it, as its task is
     config.data.unlabeled = [str(((config_dir or Path.cwd()) / folder).resolve())
                              for folder in config.data.unlabeled]

@@ -24,7 +24,8 @@ is checked by path, content and near-duplicate search) feed fewshot.train.object
 read, and with no val classes the last epoch is kept), `both` adds the self-supervised
 loss on a seeded unlabeled batch to each supervised step, and `train.align: mmd | dann`
 aligns each step's base features with those of an unlabeled batch. These run in one
-process (not under torchrun).
+process (not under torchrun). `train.distill: RUN` adds a finished run's softened outputs
+on the same augmented batch to the labels (self-distillation, fewshot.train.distill).
 
 The run directory's model is the encoder with a SimpleShot head (nearest centroid on
 features centred on the base mean from `prototypes.safetensors`); the base-class
@@ -48,6 +49,7 @@ from fewshot.config import Config
 from fewshot.data.augment import DRAWS, augment
 from fewshot.data.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, load_split_images
 from fewshot.data.tasks import SplitData, Task
+from fewshot.errors import UsageError
 from fewshot.features import embed, subsample
 from fewshot.methods import build_head
 from fewshot.models import build_backbone
@@ -56,6 +58,7 @@ from fewshot.models.weights import load_encoder_weights
 from fewshot.ood import fit_domain
 from fewshot.run import RunDir
 from fewshot.schema import BASE_FEATURES_PER_CLASS, ModelMeta, Prototypes
+from fewshot.train.distill import distillation_loss, load_teacher
 from fewshot.train.distributed import SINGLE, World
 from fewshot.train.loop import (
     LoopState,
@@ -156,6 +159,13 @@ class PretrainStage(Stage):
                 encoder, unlabeled, objective=t.objective, ssl=t.ssl, ssl_weight=t.ssl_weight,
                 align=t.align, align_weight=t.align_weight, batch_size=t.batch_size,
                 seed=t.seed)
+        self.teacher = None
+        if t.distill:
+            if t.objective == "ssl" or self.base is None:
+                raise UsageError("self-distillation needs the base classes' labels",
+                                 "train.distill", "unset train.distill with "
+                                 "train.objective=ssl")
+            self.teacher = load_teacher(t.distill, list(self.base.classes), device)
         if world.distributed and device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device)
@@ -213,8 +223,7 @@ class PretrainStage(Stage):
         extra: dict[str, float] = {}
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             if not hasattr(self.model, "unlabeled"):
-                loss = F.cross_entropy(self.net(images), self.labels[index],
-                                       label_smoothing=self.t.label_smoothing)
+                loss = self.supervised_loss(self.net(images), images, index)
             else:
                 loss, extra = self.unlabeled_step(images, index, epoch * self.steps_per_epoch
                                                   + step)
@@ -239,11 +248,20 @@ class PretrainStage(Stage):
                                             self.device, ssl_images=images)
             return loss, extra
         features = encoder(images)
-        supervised = F.cross_entropy(self.model.classifier(features), self.labels[index],
-                                     label_smoothing=self.t.label_smoothing)
+        supervised = self.supervised_loss(self.model.classifier(features), images, index)
         loss, extra = objectives.losses(encoder, position, progress, self.normalize,
                                         self.device, source_features=features)
         return supervised + loss, {"train/supervised_loss": supervised.item(), **extra}
+
+    def supervised_loss(self, logits: Tensor, images: Tensor, index: Tensor) -> Tensor:
+        """Cross-entropy on the labels, with the teacher's soft outputs when distilling."""
+        labels = self.labels[index]
+        if self.teacher is None:
+            return F.cross_entropy(logits, labels, label_smoothing=self.t.label_smoothing)
+        with torch.no_grad():
+            soft = self.teacher(images).float()
+        return distillation_loss(logits.float(), soft, labels, self.t.distill_weight,
+                                 self.t.distill_temperature, self.t.label_smoothing)
 
     def backward(self, loss: Tensor) -> None:
         self.scaler.scale(loss).backward()
@@ -299,7 +317,8 @@ class PretrainStage(Stage):
             metrics={"val/acc": state.best_acc if math.isfinite(state.best_acc) else None,
                      "val/acc_ci95": state.best_ci(),
                      "best_epoch": state.best_at, "epochs_trained": self.count(state.position),
-                     "stopped_early": state.stopped_early, **self.objectives_record()})
+                     "stopped_early": state.stopped_early, **self.objectives_record(),
+                     **({"distilled_from": self.t.distill} if self.t.distill else {})})
 
     def objectives_record(self) -> dict[str, Any]:
         """What the run learnt from, in model.json (unlabeled objectives only)."""
@@ -338,8 +357,6 @@ class PretrainStage(Stage):
         resumes at the world size it ran at."""
         ran_at = int(saved.get("world_size", 1))
         if ran_at != self.world.size:
-            from fewshot.errors import UsageError
-
             raise UsageError(f"this pretrain run ran on {ran_at} process(es), not "
                              f"{self.world.size}", "--resume",
                              f"resume it with torchrun --nproc_per_node={ran_at} (or as one "
