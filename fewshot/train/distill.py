@@ -10,6 +10,7 @@ otherwise the teacher is that last epoch, which the student's record says.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,12 +23,11 @@ from fewshot.models import build_backbone
 from fewshot.run import RunDir
 
 
-def load_teacher(path: str | Path, classes: list[str], device: torch.device
-                 ) -> nn.Module:
-    """The teacher run's encoder and base-class layer, frozen, in eval mode. Its base
-    classes must be the student's, in the same order (the outputs are matched by index)."""
-    from fewshot.train.pretrain import Classifier
-
+def load_teacher(path: str | Path, classes: list[str], device: torch.device,
+                 classifier: Callable[[nn.Module, int], nn.Module]) -> nn.Module:
+    """The teacher run's encoder and base-class layer (built by `classifier(encoder,
+    classes)`, the stage's own model), frozen, in eval mode. Its base classes must be the
+    student's, in the same order (the outputs are matched by index)."""
     run = RunDir(Path(path))
     weights_file = run.checkpoint_dir / "last.safetensors"
     if not weights_file.is_file():
@@ -39,7 +39,7 @@ def load_teacher(path: str | Path, classes: list[str], device: torch.device
         raise UsageError("the teacher was not pretrained on this task's base classes, in "
                          "this order", run.path, "distil from a pretrain run of the same task")
     encoder = build_backbone(meta.backbone, image_size=meta.image_size, **meta.backbone_args)
-    teacher = Classifier(encoder, len(classes))
+    teacher = classifier(encoder, len(classes))
     state = load_tensors(weights_file)
     teacher.load_state_dict({k: v for k, v in state.items()
                              if k.startswith(("encoder.", "classifier."))})

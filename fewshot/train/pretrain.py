@@ -165,7 +165,8 @@ class PretrainStage(Stage):
                 raise UsageError("self-distillation needs the base classes' labels",
                                  "train.distill", "unset train.distill with "
                                  "train.objective=ssl")
-            self.teacher = load_teacher(t.distill, list(self.base.classes), device)
+            self.teacher = load_teacher(t.distill, list(self.base.classes), device,
+                                        Classifier)
         if world.distributed and device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device)
