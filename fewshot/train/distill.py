@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewshot.data.files import load_tensors
 from fewshot.errors import UsageError
 from fewshot.models import build_backbone
 from fewshot.run import RunDir
@@ -29,18 +28,19 @@ def load_teacher(path: str | Path, classes: list[str], device: torch.device,
     classes)`, the stage's own model), frozen, in eval mode. Its base classes must be the
     student's, in the same order (the outputs are matched by index)."""
     run = RunDir(Path(path))
-    weights_file = run.checkpoint_dir / "last.safetensors"
-    if not weights_file.is_file():
+    try:  # the newest complete checkpoint, read as --resume reads it
+        state, _ = run.load_checkpoint()
+    except UsageError:
         raise UsageError("the teacher has no checkpoint (its base-class layer lives only "
-                         "there)", weights_file, "set train.distill to a pretrain run "
-                         "directory of this machine, not an exported or shipped model")
+                         "there)", run.checkpoint_dir, "set train.distill to a pretrain run "
+                         "directory of this machine, not an exported or shipped model"
+                         ) from None
     meta = run.read_meta()
     if meta.kind != "pretrain" or list(meta.classes.get("base", [])) != list(classes):
         raise UsageError("the teacher was not pretrained on this task's base classes, in "
                          "this order", run.path, "distil from a pretrain run of the same task")
     encoder = build_backbone(meta.backbone, image_size=meta.image_size, **meta.backbone_args)
     teacher = classifier(encoder, len(classes))
-    state = load_tensors(weights_file)
     teacher.load_state_dict({k: v for k, v in state.items()
                              if k.startswith(("encoder.", "classifier."))})
     teacher.requires_grad_(False)
