@@ -125,6 +125,8 @@ class TrainConfig(Section):
     distill_weight: float = Field(default=0.5, ge=0, le=1)
     """The soft term's share of the loss; the labels' cross-entropy has the rest."""
     distill_temperature: float = Field(default=4.0, gt=0)
+    mixup: float = Field(default=0.0, ge=0)
+    """Pretrain: mixup's Beta(a, a) parameter (Zhang et al. 2018); 0 leaves images unmixed."""
 
 
 class EvalConfig(Section):

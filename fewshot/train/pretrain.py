@@ -26,6 +26,9 @@ loss on a seeded unlabeled batch to each supervised step, and `train.align: mmd 
 aligns each step's base features with those of an unlabeled batch. These run in one
 process (not under torchrun). `train.distill: RUN` adds a finished run's softened outputs
 on the same augmented batch to the labels (self-distillation, fewshot.train.distill).
+`train.mixup: A` blends each augmented batch with a shuffled copy of itself by a weight
+drawn from Beta(A, A) and the loss with it (mixup); the weight and the shuffle are
+functions of (seed, epoch, step), so a resumed run mixes as it would have.
 
 The run directory's model is the encoder with a SimpleShot head (nearest centroid on
 features centred on the base mean from `prototypes.safetensors`); the base-class
@@ -107,6 +110,13 @@ def epoch_draws(seed: int, epoch: int, size: int) -> Tensor:
     return torch.rand(size, DRAWS, generator=generator)
 
 
+def mixup_draw(seed: int, epoch: int, step: int, size: int, alpha: float
+               ) -> tuple[float, Tensor]:
+    """Mixup's weight, from Beta(alpha, alpha), and each image's partner in a step's batch."""
+    rng = np.random.default_rng([seed, epoch, step, 13])
+    return float(rng.beta(alpha, alpha)), torch.from_numpy(rng.permutation(size))
+
+
 def rank_slice(count: int, world: int, rank: int) -> slice:
     """Rank `rank`'s part of a global batch of `count` images: even parts, in order."""
     base, extra = divmod(count, world)
@@ -137,6 +147,10 @@ class PretrainStage(Stage):
         self.config, self.task, self.device, self.t = config, task, device, t
         self.world = world
         self.image_size = config.data.image_size or task.image_size
+        if t.mixup and t.objective == "ssl":
+            raise UsageError("mixup blends labels, and train.objective=ssl reads none",
+                             "train.mixup", "unset train.mixup, or use objective supervised "
+                             "or both")
         cache = cache_options(config, quiet)
         check_objectives(config, world)
         unlabeled = load_unlabeled(config, task, self.image_size, cache)
@@ -219,15 +233,19 @@ class PretrainStage(Stage):
         images = self.normalize(self.images[index])
         if self.t.augment and self.t.objective != "ssl":
             images = augment(images, draws=self.draws(epoch)[places])
+        mix = None
+        if self.t.mixup and self.t.objective != "ssl":
+            mix = mixup_draw(self.t.seed, epoch, step, len(index), self.t.mixup)
+            images = mix[0] * images + (1 - mix[0]) * images[mix[1].to(images.device)]
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         extra: dict[str, float] = {}
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             if not hasattr(self.model, "unlabeled"):
-                loss = self.supervised_loss(self.net(images), images, index)
+                loss = self.supervised_loss(self.net(images), images, index, mix)
             else:
                 loss, extra = self.unlabeled_step(images, index, epoch * self.steps_per_epoch
-                                                  + step)
+                                                  + step, mix)
         # DDP averages over ranks: weight each rank's mean by its share of the global batch
         share = len(index) * self.world.size / count
         self.backward(loss * share if share != 1.0 else loss)
@@ -238,7 +256,8 @@ class PretrainStage(Stage):
                           {"train/loss": value, "train/loss_smooth": self.loss_smooth, **extra},
                           f"epoch {epoch + 1} loss {self.loss_smooth:.3f}")
 
-    def unlabeled_step(self, images: Tensor, index: Tensor, position: int
+    def unlabeled_step(self, images: Tensor, index: Tensor, position: int,
+                       mix: tuple[float, Tensor] | None = None
                        ) -> tuple[Tensor, dict[str, float]]:
         """The step's loss with the unlabeled objectives (one process): supervised
         cross-entropy unless `ssl` alone, plus the self-supervised and alignment losses."""
@@ -249,20 +268,31 @@ class PretrainStage(Stage):
                                             self.device, ssl_images=images)
             return loss, extra
         features = encoder(images)
-        supervised = self.supervised_loss(self.model.classifier(features), images, index)
+        supervised = self.supervised_loss(self.model.classifier(features), images, index,
+                                          mix)
         loss, extra = objectives.losses(encoder, position, progress, self.normalize,
                                         self.device, source_features=features)
         return supervised + loss, {"train/supervised_loss": supervised.item(), **extra}
 
-    def supervised_loss(self, logits: Tensor, images: Tensor, index: Tensor) -> Tensor:
-        """Cross-entropy on the labels, with the teacher's soft outputs when distilling."""
+    def supervised_loss(self, logits: Tensor, images: Tensor, index: Tensor,
+                        mix: tuple[float, Tensor] | None = None) -> Tensor:
+        """Cross-entropy on the labels, with the teacher's soft outputs when distilling;
+        with mixup, the two images' labels weighted as the images were."""
         labels = self.labels[index]
         if self.teacher is None:
-            return F.cross_entropy(logits, labels, label_smoothing=self.t.label_smoothing)
-        with torch.no_grad():
-            soft = self.teacher(images).float()
-        return distillation_loss(logits.float(), soft, labels, self.t.distill_weight,
-                                 self.t.distill_temperature, self.t.label_smoothing)
+            def loss(target: Tensor) -> Tensor:
+                return F.cross_entropy(logits, target, label_smoothing=self.t.label_smoothing)
+        else:
+            with torch.no_grad():
+                soft = self.teacher(images).float()
+
+            def loss(target: Tensor) -> Tensor:
+                return distillation_loss(logits.float(), soft, target, self.t.distill_weight,
+                                         self.t.distill_temperature, self.t.label_smoothing)
+        if mix is None:
+            return loss(labels)
+        weight, partner = mix
+        return weight * loss(labels) + (1 - weight) * loss(labels[partner.to(labels.device)])
 
     def backward(self, loss: Tensor) -> None:
         self.scaler.scale(loss).backward()
