@@ -81,26 +81,21 @@ def replace_section(path: Path, heading: str, lines: list[str]) -> None:
                     encoding="utf-8")
 
 
-def levers(args: argparse.Namespace) -> None:
-    """Settings added to the chosen recipe, each paired against it on val."""
-    names = [CHOSEN, *LEVERS]
-    runs = [trained(CHOSEN, CANDIDATES[CHOSEN])] + [trained(n, s) for n, s in LEVERS.items()]
+def scored(settings: dict[str, list[str]], heading: list[str], args: argparse.Namespace
+           ) -> list[str]:
+    """`heading`, then each setting trained (unless cached) and scored on the same val
+    episodes, paired against the first, then the compute."""
+    runs = [trained(name, sets) for name, sets in settings.items()]
     started, load = time.time(), os.getloadavg()[0]
     cache = Models(load_task(args.task), "val", 0, pick_device("cpu"), quiet=True)
-    lines = [LEVERS_HEADING, "",
-             f"`python experiments/select_recipe.py --levers --episodes {args.episodes}`: "
-             "the chosen recipe (label smoothing 0, 5 epochs on the 10 base classes) with one "
-             "setting added, scored as above, paired against the recipe alone.", "",
-             "| setting | shots | accuracy % | paired vs the recipe |", "|---|---|---|---|"]
-    lines += val_table([str(run) for run, _ in runs], ["linear-probe"], names, "reference",
-                       args, cache)
-    minutes = [f"{slug(name)} {m:.1f} min" for name, (_, m) in zip(names, runs, strict=True)
+    lines = heading + val_table([str(run) for run, _ in runs], ["linear-probe"],
+                                list(settings), "reference", args, cache)
+    minutes = [f"{slug(name)} {m:.1f} min" for name, (_, m) in zip(settings, runs, strict=True)
                if m]
-    lines += ["", f"Scoring: {(time.time() - started) / 60:.1f} min on {pick_device('cpu')}, "
-              f"torch {torch.__version__}, load average {load:.2f} at the start."
-              + (f" Training: {', '.join(minutes)}." if minutes else "")]
-    replace_section(OUT, LEVERS_HEADING, lines)
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    return lines + ["", f"Scoring: {(time.time() - started) / 60:.1f} min on "
+                    f"{pick_device('cpu')}, torch {torch.__version__}, load average "
+                    f"{load:.2f} at the start."
+                    + (f" Training: {', '.join(minutes)}." if minutes else "")]
 
 
 def main() -> None:
@@ -111,32 +106,29 @@ def main() -> None:
                         help="score the settings added to the chosen recipe")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    if args.levers:
-        levers(args)
-        return
-    runs = [trained(name, sets) for name, sets in CANDIDATES.items()]
-    started, load = time.time(), os.getloadavg()[0]
-    cache = Models(load_task(args.task), "val", 0, pick_device("cpu"), quiet=True)
-    lines = [
-        "# Recipe selection on val",
-        "",
-        f"`python experiments/select_recipe.py --episodes {args.episodes}`: configs/blood-v1.yaml "
-        "for 5 epochs on blood-rare-rbc's 10 base classes, one setting changed; linear probe "
-        "on the layer3 + layer4 dihedral embedding, val classes, 5-way, 15 queries, "
-        f"{args.episodes} seeded episodes, paired against the first row (mean ± 95% CI, "
-        "points).",
-        "",
-        "| setting | shots | accuracy % | paired vs first |",
-        "|---|---|---|---|",
-    ]
-    lines += val_table([str(run) for run, _ in runs], ["linear-probe"], list(CANDIDATES),
-                       "reference", args, cache)
-    minutes = [f"{slug(name)} {m:.1f} min" for name, (_, m) in zip(CANDIDATES, runs, strict=True)
-               if m]
-    lines += ["", f"Scoring: {(time.time() - started) / 60:.1f} min on {pick_device('cpu')}, "
-              f"torch {torch.__version__}, load average {load:.2f} at the start."
-              + (f" Training: {', '.join(minutes)}." if minutes else "")]
-    write_keeping_sections(OUT, lines)
+    if args.levers:  # settings added to the chosen recipe, each paired against it
+        lines = scored({CHOSEN: CANDIDATES[CHOSEN], **LEVERS}, [
+            LEVERS_HEADING, "",
+            f"`python experiments/select_recipe.py --levers --episodes {args.episodes}`: "
+            "the chosen recipe (label smoothing 0, 5 epochs on the 10 base classes) with one "
+            "setting added, scored as above, paired against the recipe alone.", "",
+            "| setting | shots | accuracy % | paired vs the recipe |", "|---|---|---|---|"],
+            args)
+        replace_section(OUT, LEVERS_HEADING, lines)
+    else:
+        lines = scored(CANDIDATES, [
+            "# Recipe selection on val",
+            "",
+            f"`python experiments/select_recipe.py --episodes {args.episodes}`: "
+            "configs/blood-v1.yaml for 5 epochs on blood-rare-rbc's 10 base classes, one "
+            "setting changed; linear probe on the layer3 + layer4 dihedral embedding, val "
+            f"classes, 5-way, 15 queries, {args.episodes} seeded episodes, paired against the "
+            "first row (mean ± 95% CI, points).",
+            "",
+            "| setting | shots | accuracy % | paired vs first |",
+            "|---|---|---|---|",
+        ], args)
+        write_keeping_sections(OUT, lines)
     print(f"wrote {OUT.relative_to(ROOT)}")
 
 

@@ -234,7 +234,7 @@ class PretrainStage(Stage):
         if self.t.augment and self.t.objective != "ssl":
             images = augment(images, draws=self.draws(epoch)[places])
         mix = None
-        if self.t.mixup and self.t.objective != "ssl":
+        if self.t.mixup:  # refused with objective ssl when the stage is built
             mix = mixup_draw(self.t.seed, epoch, step, len(index), self.t.mixup)
             images = mix[0] * images + (1 - mix[0]) * images[mix[1].to(images.device)]
         if self.device.type == "cuda":
