@@ -10,6 +10,10 @@ hands the shipped model an image it trained on. The weights are stored in float1
 most 25 MB); the script checks, on the task's 600 seeded 5-shot episodes, that this
 changes linear-probe accuracy by less than 0.1 point, and writes MODEL_CARD.md with the
 data, classes, recipe and the RESULTS rows of the run.
+
+Before re-scoring a rebuilt model, keep the rows of the weights it replaces
+(`python experiments/mark_earlier_rows.py --task blood-rare-rbc --tag ... --models blood-v1
+...`): otherwise `run.py --only GROUP` replaces them.
 """
 
 from __future__ import annotations

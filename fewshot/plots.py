@@ -178,7 +178,11 @@ def training_curves(records: list[dict[str, Any]], path: Path, unit: str = "step
         bottom.plot([best["step"]], [best["val/acc"]], marker="*", markersize=16,
                     color="tab:red", linestyle="none", label="best model")
     bottom.set(xlabel=unit, ylabel="accuracy")
-    bottom.legend(loc="lower right", fontsize=8)
+    if bottom.get_legend_handles_labels()[0]:
+        bottom.legend(loc="lower right", fontsize=8)
+    else:  # pretraining without val classes logs no accuracy: say so, not a blank panel
+        bottom.text(0.5, 0.5, "no accuracy logged (no val classes)", ha="center",
+                    va="center", transform=bottom.transAxes, color="0.4")
     top.set_title(title or "training")
     return _save(fig, path)
 

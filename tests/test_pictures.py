@@ -82,6 +82,18 @@ def test_evaluate_plot_and_training_curves(tmp_path) -> None:
     assert f"plot written to {plot}" in done.stdout and png_size(plot)[0] > 500
 
 
+def test_training_curves_without_accuracy_draw_without_a_warning(tmp_path, recwarn) -> None:
+    """A pretraining run without val classes logs loss only: the picture says so instead
+    of matplotlib warning about an empty legend on the user's terminal."""
+    from fewshot import plots
+
+    records = [{"step": s, "train/loss": 2.0 / s, "train/loss_smooth": 2.0 / s}
+               for s in range(1, 20)]
+    path = plots.training_curves(records, tmp_path / "curves.png")
+    assert png_size(path)[0] > 300
+    assert not [w for w in recwarn if "legend" in str(w.message)]
+
+
 # ------------------------------------------------------------------ explain
 
 BIG = 64

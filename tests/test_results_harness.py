@@ -1,7 +1,8 @@
 """The results harness's summaries (experiments/run.py): the spread across training seeds
 and the meta-transfer verdict are computed from the rows they summarise, a group whose
 reference is not among the groups to run is refused before any training, and the table
-prints each measurement once."""
+prints each measurement once, and the rows of retrained weights are kept beside the new
+ones."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 
+import mark_earlier_rows  # noqa: E402
 import run  # noqa: E402
 from rows import Group, Pair  # noqa: E402
 
@@ -85,3 +87,23 @@ def test_results_table_prints_a_measurement_once_and_each_episode_count():
     # the footnote offers only registered groups to re-run, and names the retired one
     footnote = next(line for line in text.splitlines() if line.startswith("† Measured on w0"))
     assert "--only GROUP" not in footnote and "The rows of old are" in footnote
+
+
+def test_marking_keeps_rows_of_superseded_weights_and_their_references():
+    rows = [{**row("blood-v1 + LP", "blood-v1", 0.48, 0, group="supervised"), "task": "t"},
+            {**row("shipped blood-v1 (output) + LP", "out", 0.47, 0, group="emb"),
+             "task": "t"},
+            {**row("blood-v1 + Meta-Baseline + LP", "mb", 0.46, 0, group="meta"), "task": "t",
+             "paired": {"reference": "blood-v1 + LP", "mean": -0.02, "ci95": 0.01}},
+            {**row("pixels", "pixels", 0.30, 0, group="floors"), "task": "t"},
+            {**row("blood-v1 + LP", "blood-v1", 0.40, 0, group="other"), "task": "u"}]
+    count = mark_earlier_rows.mark(rows, "t", {"blood-v1", "out", "mb"}, "no mixup", "before")
+    assert count == 3
+    assert [r["label"] for r in rows] == [
+        "blood-v1 (no mixup) + LP", "shipped blood-v1 (no mixup, output) + LP",
+        "blood-v1 (no mixup) + Meta-Baseline + LP", "pixels", "blood-v1 + LP"]
+    assert rows[2]["paired"]["reference"] == "blood-v1 (no mixup) + LP"
+    assert [r["group"] for r in rows[:3]] == ["supervised-no-mixup", "emb-no-mixup",
+                                              "meta-no-mixup"]
+    assert [r.get("measured_on") for r in rows] == ["before"] * 3 + [None, None]
+    assert mark_earlier_rows.mark(rows, "t", {"blood-v1", "out", "mb"}, "x", "y") == 0
