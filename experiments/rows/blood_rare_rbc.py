@@ -58,3 +58,12 @@ for head, label in (("simpleshot", "SimpleShot"), ("linear-probe", "linear probe
         pairs=[Pair("blood-v1-metabaseline", head, f"blood-v1 + Meta-Baseline + {label}"
                     + (" (P>M>F)" if head == "finetune" else ""),
                     episodes=FINETUNE_EPISODES if head == "finetune" else None)]))
+
+register(Group(
+    name="finetune-all-episodes", task=TASK, tier="cpu", shots=(5,),
+    note="test-time fine-tuning of the shipped blood-v1 on all 600 episodes (the "
+         "supervised group's finetune rows use the first 100), paired against the linear "
+         "probe on the same episodes",
+    reference="shipped blood-v1 + linear probe",
+    pairs=[Pair("blood-v1", "finetune",
+                "shipped blood-v1 + finetune (freeze-then-unfreeze), all episodes")]))
