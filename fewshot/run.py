@@ -218,7 +218,8 @@ class RunDir:
                 weights = load_tensors(folder / "last.safetensors")
                 state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
             except (DataError, pickle.UnpicklingError, EOFError, RuntimeError, OSError,
-                    ValueError, AttributeError) as exc:
+                    ValueError, AttributeError, IndexError, KeyError, TypeError) as exc:
+                # torn bytes fail torch's restricted unpickler in any of these ways
                 problem = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
                 continue
             if isinstance(state, dict):

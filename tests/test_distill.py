@@ -14,7 +14,7 @@ import yaml
 
 from conftest import run_cli, write_tiny_task
 from fewshot.config import load_config
-from fewshot.errors import UsageError
+from fewshot.errors import DataError, UsageError
 from fewshot.train.distill import distillation_loss
 from fewshot.train.pretrain import pretrain
 
@@ -83,6 +83,14 @@ def test_teachers_it_refuses(teacher, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no checkpoint"):
         pretrain(load_config(None, [f"data.task={task}", *TINY, "train.epochs=1",
                                     f"train.distill={bare}"]), out=tmp_path / "s1", quiet=True)
+    damaged = tmp_path / "damaged"  # every checkpoint torn: the hint is about the teacher
+    shutil.copytree(teacher_run, damaged)
+    for state in damaged.glob("checkpoint*/state.pt"):
+        state.write_bytes(b"torn")
+    with pytest.raises(DataError, match="teacher's checkpoint") as refused:
+        pretrain(load_config(None, [f"data.task={task}", *TINY, "train.epochs=1",
+                                    f"train.distill={damaged}"]), out=tmp_path / "s3", quiet=True)
+    assert "--resume" not in str(refused.value) and "retrain the teacher" in str(refused.value)
     other = yaml.safe_load(task.read_text())  # the same images, other base classes
     other["splits"]["base"] = ["x/c0", "x/c1", "x/c2"]
     other_task = task.with_name("other.yaml")

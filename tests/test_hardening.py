@@ -179,6 +179,10 @@ def test_resume_refuses_a_pickle_and_falls_back_to_the_previous_checkpoint(train
     one_line_error(run_cli("meta-train", "--resume", str(trained_run), cwd=tmp_path), 1,
                    "cannot be resumed", "nothing in it was run")
     assert not (tmp_path / "owned").exists()
+    for garbage in (b"torn", b"\x80\x02q\x00."):  # bytes that fail the unpickler oddly
+        state.write_bytes(garbage)
+        one_line_error(run_cli("meta-train", "--resume", str(trained_run), cwd=tmp_path), 1,
+                       "cannot be resumed", "without --resume")
 
     # a torn state.pt beside an intact checkpoint.old (a kill mid-swap): resume from it
     shutil.copytree(trained_run / "checkpoint", trained_run / "checkpoint.old")

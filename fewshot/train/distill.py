@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewshot.errors import UsageError
+from fewshot.errors import DataError, UsageError
 from fewshot.models import build_backbone
 from fewshot.run import RunDir
 
@@ -35,6 +35,10 @@ def load_teacher(path: str | Path, classes: list[str], device: torch.device,
                          "there)", run.checkpoint_dir, "set train.distill to a pretrain run "
                          "directory of this machine, not an exported or shipped model"
                          ) from None
+    except DataError as damaged:  # the run's own hint (start without --resume) is not ours
+        raise DataError(f"the teacher's checkpoint cannot be read ({damaged.what})",
+                        damaged.where, "retrain the teacher run, or set train.distill to "
+                        "another pretrain run") from None
     meta = run.read_meta()
     if meta.kind != "pretrain" or list(meta.classes.get("base", [])) != list(classes):
         raise UsageError("the teacher was not pretrained on this task's base classes, in "
