@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fewshot.data.files import atomic_write, load_tensors, save_tensors, shipped_model
+from fewshot.data.files import UNREADABLE, atomic_write, load_tensors, save_tensors, shipped_model
 from fewshot.errors import DataError, UsageError
 from fewshot.schema import FORMAT_VERSION, MODEL_JSON, PROTOTYPES, ModelMeta, Prototypes
 from fewshot.version import __version__
@@ -217,9 +217,7 @@ class RunDir:
             try:
                 weights = load_tensors(folder / "last.safetensors")
                 state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
-            except (DataError, pickle.UnpicklingError, EOFError, RuntimeError, OSError,
-                    ValueError, AttributeError, IndexError, KeyError, TypeError) as exc:
-                # torn bytes fail torch's restricted unpickler in any of these ways
+            except (DataError, pickle.UnpicklingError, *UNREADABLE) as exc:
                 problem = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
                 continue
             if isinstance(state, dict):

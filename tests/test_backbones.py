@@ -140,6 +140,10 @@ def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="refused"):
         read_state_dict(path)
     assert not marker.exists()
+    for garbage in (b"torn", b"\x80\x02q\x00."):  # bytes that fail the unpickler oddly
+        path.write_bytes(garbage)
+        with pytest.raises(DataError, match="cannot read weights file"):
+            read_state_dict(path)
 
 
 def test_weights_that_match_nothing(tmp_path: Path) -> None:

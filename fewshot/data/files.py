@@ -111,6 +111,12 @@ def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str
     atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
 
 
+UNREADABLE = (RuntimeError, OSError, EOFError, ValueError, AttributeError, IndexError,
+              KeyError, TypeError)
+"""How `torch.load(weights_only=True)` fails on torn or foreign bytes (torch's restricted
+unpickler raises any of these); a pickle holding other objects is UnpicklingError."""
+
+
 def load_tensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))

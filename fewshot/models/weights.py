@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from fewshot.data.files import UNREADABLE
 from fewshot.errors import DataError, UsageError
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "encoder", "net")
@@ -69,7 +70,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise DataError("refused to load: the file holds objects other than tensors "
                         "(a pickle that could run code)", path,
                         "re-save it as a state dict of tensors or as .safetensors") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except UNREADABLE as exc:
         raise DataError(f"cannot read weights file: {exc}".splitlines()[0], path,
                         "re-save it with torch.save(model.state_dict(), path)") from None
     for _ in range(2):  # {"state_dict": {...}} as Lightning and many scripts save it
