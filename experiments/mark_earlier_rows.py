@@ -59,12 +59,9 @@ def main() -> None:
     args = parser.parse_args()
     stored = json.loads(RESULTS.read_text())
     count = mark(stored["rows"], args.task, set(args.models), args.tag, args.measured_on)
-    RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
     registered = load_groups()
-    scored = {r["group"] for r in stored["rows"]}
-    missing = [g.name for g in registered if g.tier == stored["tier"] and g.name not in scored]
-    (ROOT / "experiments" / "RESULTS.md").write_text(
-        run.markdown(stored["rows"], missing, stored["tier"], [g.name for g in registered]))
+    run.write(stored["rows"], run.unscored(stored["rows"], registered, stored["tier"]),
+              stored["tier"], [g.name for g in registered])
     print(f"marked {count} rows of {args.task} as measured on {args.measured_on}")
 
 

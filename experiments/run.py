@@ -358,10 +358,14 @@ def main() -> None:
     if args.only is not None:  # the other groups keep their rows from the last full run
         kept = [r for r in previous_rows(args.tier) if r["group"] not in set(args.only)]
         rows = kept + rows
+    missing += [name for name in unscored(rows, registered, args.tier) if name not in missing]
+    write(rows, missing, args.tier, [g.name for g in registered])
+
+
+def unscored(rows: list[dict], registered: list[Group], tier: str) -> list[str]:
+    """The tier's registered groups that have no row."""
     scored = {r["group"] for r in rows}
-    missing += [g.name for g in registered if g.tier == args.tier
-                and g.name not in scored and g.name not in missing]
-    write(rows, missing, args, [g.name for g in registered])
+    return [g.name for g in registered if g.tier == tier and g.name not in scored]
 
 
 def previous_rows(tier: str) -> list[dict]:
@@ -376,12 +380,10 @@ def pct(entry: dict) -> str:
     return f"{100 * entry['mean']:.1f} ± {100 * entry['ci95']:.1f}"
 
 
-def write(rows: list[dict], missing: list[str], args: argparse.Namespace,
-          registered: list[str]) -> None:
+def write(rows: list[dict], missing: list[str], tier: str, registered: list[str]) -> None:
     out = ROOT / "experiments"
-    (out / "RESULTS.json").write_text(json.dumps({"tier": args.tier, "rows": rows},
-                                                 indent=2) + "\n")
-    text = markdown(rows, missing, args.tier, registered)
+    (out / "RESULTS.json").write_text(json.dumps({"tier": tier, "rows": rows}, indent=2) + "\n")
+    text = markdown(rows, missing, tier, registered)
     (out / "RESULTS.md").write_text(text)
     print(text)
 
