@@ -202,9 +202,9 @@ def check_references(groups: list[Group], registered: list[Group]) -> None:
 def meta_transfer_verdict(rows: list[dict]) -> list[str]:
     """One plain sentence on whether meta-training beat the encoder it started from (a
     paired 95% CI above zero with some head at some shot), from the current meta-transfer
-    rows; nothing when a task has none."""
+    rows (a group's own reference row is not one); nothing when a task has none."""
     meta = [r for r in rows if r["group"].startswith("meta-transfer")
-            and not r.get("measured_on")]
+            and not r.get("measured_on") and r["paired"]["reference"] != r["label"]]
     if not meta:
         return []
     def lower_end(r: dict) -> float:

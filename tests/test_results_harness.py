@@ -52,6 +52,8 @@ def test_meta_transfer_verdict_follows_the_rows():
     assert "beats the encoder it starts from in 1 of 2 rows" in \
         run.meta_transfer_verdict(winning)[0]
     assert run.meta_transfer_verdict([row("c", "c", 0.4, 0)]) == []
+    own_reference = row("ref", "enc", 0.41, 0, group="meta-transfer-x", paired=(0.0, 0.0))
+    assert "the closest: a, 5-shot" in run.meta_transfer_verdict(losing + [own_reference])[0]
 
 
 def test_a_missing_reference_group_is_named_before_any_work():

@@ -67,3 +67,32 @@ register(Group(
     reference="shipped blood-v1 + linear probe",
     pairs=[Pair("blood-v1", "finetune",
                 "shipped blood-v1 + finetune (freeze-then-unfreeze), all episodes")]))
+
+FOMAML = Stage("blood-v1-fomaml", "meta-train", "configs/blood-v1-fomaml.yaml")
+FOMAML_LOOP = "fomaml:inner_steps=10,inner_lr=0.01"
+"""The test-time loop of configs/blood-v1-fomaml.yaml (a linear head on the plain output,
+then 10 SGD steps of every parameter at 0.01), run on an encoder without meta-training."""
+register(Group(
+    name="meta-transfer-fomaml", task=TASK, tier="cpu", stages=[FOMAML],
+    prepare=PREPARE_OUTPUT,
+    note="first-order MAML from the shipped blood-v1 (configs/blood-v1-fomaml.yaml, every "
+         "parameter adapted in the inner loop), paired against the same test-time loop on "
+         "the shipped blood-v1 without meta-training, on the first 100 episodes",
+    reference="shipped blood-v1 (output) + first-order MAML's test-time loop",
+    pairs=[Pair(SHIPPED_OUTPUT, FOMAML_LOOP,
+                "shipped blood-v1 (output) + first-order MAML's test-time loop",
+                episodes=FINETUNE_EPISODES),
+           Pair(FOMAML.name, "fomaml", "shipped blood-v1 + first-order MAML",
+                episodes=FINETUNE_EPISODES)]))
+
+SHIPPED_METABASELINE = Stage("shipped-blood-v1-metabaseline", "meta-train",
+                             "configs/blood-v1-metabaseline.yaml", sets=["model.weights=blood-v1"])
+register(Group(
+    name="meta-transfer-pmf-all-episodes", task=TASK, tier="cpu", shots=(5,),
+    stages=[SHIPPED_METABASELINE],
+    note="P>M>F on all 600 episodes: Meta-Baseline from the shipped blood-v1, then test-time "
+         "fine-tuning, paired against the shipped blood-v1 with test-time fine-tuning on the "
+         "same episodes (run with finetune-all-episodes)",
+    reference="shipped blood-v1 + finetune (freeze-then-unfreeze), all episodes",
+    pairs=[Pair(SHIPPED_METABASELINE.name, "finetune",
+                "shipped blood-v1 + Meta-Baseline + finetune (P>M>F), all episodes")]))

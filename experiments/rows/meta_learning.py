@@ -1,5 +1,5 @@
 """Episodic meta-learning on blood-rare-rbc, the rows the field compares with: ProtoNet and
-MAML trained from scratch (Conv4), and ProtoNet, ANIL, first-order MAML and P>M>F started
+MAML trained from scratch (Conv4), and ProtoNet, ANIL and P>M>F started
 from a supervised ResNet-18 trained on the 10 base classes alone
 (configs/pretrain-resnet18-blood.yaml: Adam, val-selected), each meta-transfer row paired
 against that encoder without meta-training, with the nearest test-time head. These stages
@@ -42,11 +42,7 @@ for name, stage, head, label, reference, episodes in (
          "finetune (freeze-then-unfreeze)", FINETUNE_EPISODES),
         ("anil", Stage("anil-resnet18-pretrained", "meta-train",
                        "configs/anil-resnet18-pretrained.yaml", sets=[START]),
-         "anil", "ANIL", "linear probe", None),
-        ("fomaml", Stage("fomaml-resnet18-pretrained", "meta-train",
-                         "configs/anil-resnet18-pretrained.yaml",
-                         sets=[START, "method.head=fomaml"]),
-         "fomaml", "first-order MAML", "finetune (freeze-then-unfreeze)", SLOW_EPISODES)):
+         "anil", "ANIL", "linear probe", None)):
     register(Group(
         name=f"meta-transfer-episodic-{name}", task=TASK, tier="cpu",
         stages=[PRETRAINED, stage], reference=f"{ENCODER} + {reference}",
