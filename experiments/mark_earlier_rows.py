@@ -19,13 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from pathlib import Path
 
 import run
 from rows import load_groups
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "experiments" / "RESULTS.json"
 NAME = re.compile(r"\bblood-v1(?![-\w])( \()?")
 
 
@@ -57,7 +54,7 @@ def main() -> None:
     parser.add_argument("--tag", required=True, help="what the labels call those weights")
     parser.add_argument("--measured-on", required=True, help="the † note's 'Measured on ...'")
     args = parser.parse_args()
-    stored = json.loads(RESULTS.read_text())
+    stored = json.loads(run.RESULTS_JSON.read_text())
     count = mark(stored["rows"], args.task, set(args.models), args.tag, args.measured_on)
     registered = load_groups()
     run.write(stored["rows"], run.unscored(stored["rows"], registered, stored["tier"]),

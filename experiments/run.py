@@ -32,6 +32,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "experiments" / "runs"
+RESULTS_JSON = ROOT / "experiments" / "RESULTS.json"
 sys.path.insert(0, str(ROOT / "experiments"))
 
 from rows import Group, Pair, Stage, load_groups  # noqa: E402
@@ -369,10 +370,9 @@ def unscored(rows: list[dict], registered: list[Group], tier: str) -> list[str]:
 
 
 def previous_rows(tier: str) -> list[dict]:
-    path = ROOT / "experiments" / "RESULTS.json"
-    if not path.is_file():
+    if not RESULTS_JSON.is_file():
         return []
-    stored = json.loads(path.read_text())
+    stored = json.loads(RESULTS_JSON.read_text())
     return stored["rows"] if stored.get("tier") == tier else []
 
 
@@ -381,10 +381,9 @@ def pct(entry: dict) -> str:
 
 
 def write(rows: list[dict], missing: list[str], tier: str, registered: list[str]) -> None:
-    out = ROOT / "experiments"
-    (out / "RESULTS.json").write_text(json.dumps({"tier": tier, "rows": rows}, indent=2) + "\n")
+    RESULTS_JSON.write_text(json.dumps({"tier": tier, "rows": rows}, indent=2) + "\n")
     text = markdown(rows, missing, tier, registered)
-    (out / "RESULTS.md").write_text(text)
+    RESULTS_JSON.with_suffix(".md").write_text(text)
     print(text)
 
 

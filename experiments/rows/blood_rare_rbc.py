@@ -2,7 +2,13 @@
 apart): the floors, the supervised encoder blood-v1 with test-time heads, and meta-transfer
 from it, each paired against the same encoder without meta-training."""
 
+from pathlib import Path
+
+from yaml import safe_load
+
 from rows import Group, Pair, Stage, register
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TASK = "tasks/blood-rare-rbc.yaml"
 SHIPPED_OUTPUT = "experiments/runs/blood-v1-output"
@@ -69,9 +75,11 @@ register(Group(
                 "shipped blood-v1 + finetune (freeze-then-unfreeze), all episodes")]))
 
 FOMAML = Stage("blood-v1-fomaml", "meta-train", "configs/blood-v1-fomaml.yaml")
-FOMAML_LOOP = "fomaml:inner_steps=10,inner_lr=0.01"
+FOMAML_METHOD = safe_load((ROOT / FOMAML.config).read_text())["method"]
+FOMAML_LOOP = "fomaml:" + ",".join(f"{key}={value}" for key, value in FOMAML_METHOD.items()
+                                   if key != "head")
 """The test-time loop of configs/blood-v1-fomaml.yaml (a linear head on the plain output,
-then 10 SGD steps of every parameter at 0.01), run on an encoder without meta-training."""
+then its inner steps on every parameter), run on an encoder without meta-training."""
 register(Group(
     name="meta-transfer-fomaml", task=TASK, tier="cpu", stages=[FOMAML],
     prepare=PREPARE_OUTPUT,
