@@ -66,7 +66,7 @@ for head, label in (("simpleshot", "SimpleShot"), ("linear-probe", "linear probe
                     episodes=FINETUNE_EPISODES if head == "finetune" else None)]))
 
 register(Group(
-    name="finetune-all-episodes", task=TASK, tier="cpu", shots=(5,),
+    name="finetune-all-episodes", task=TASK, tier="cpu", shots=(1, 5),
     note="test-time fine-tuning of the shipped blood-v1 on all 600 episodes (the "
          "supervised group's finetune rows use the first 100), paired against the linear "
          "probe on the same episodes",
@@ -96,7 +96,7 @@ register(Group(
 SHIPPED_METABASELINE = Stage("shipped-blood-v1-metabaseline", "meta-train",
                              "configs/blood-v1-metabaseline.yaml", sets=["model.weights=blood-v1"])
 register(Group(
-    name="meta-transfer-pmf-all-episodes", task=TASK, tier="cpu", shots=(5,),
+    name="meta-transfer-pmf-all-episodes", task=TASK, tier="cpu", shots=(1, 5),
     stages=[SHIPPED_METABASELINE],
     note="P>M>F on all 600 episodes: Meta-Baseline from the shipped blood-v1, then test-time "
          "fine-tuning, paired against the shipped blood-v1 with test-time fine-tuning on the "
