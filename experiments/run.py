@@ -156,7 +156,7 @@ def score(task: str, chosen: list[tuple[Group, Pair]], shots: int | str,
         model, count = model_spec(pair, stages), min(pair.episodes or episodes, episodes)
         members = [model_spec(m, stages) for m in pair.members]
         identity = [task, shots, episodes, query_imbalance, model, fingerprint(model),
-                    pair.head, count, head_settings(pair.head)]
+                    pair.head, count, None if members else head_settings(pair.head)]
         identity += [pair.unlabeled] if pair.unlabeled else []
         if members:
             identity += [[m, fingerprint(m), p.head, head_settings(p.head)]

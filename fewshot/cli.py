@@ -247,6 +247,8 @@ def run_summary(run: Any, seconds: float) -> str:
         text += (f"; best val accuracy {100 * m['val/acc']:.2f}"
                  + (f" ± {100 * ci:.2f}" if ci is not None else "")
                  + f"% at {unit} {m.get('best_' + unit)}")
+        if m.get("kept") == "last":
+            text += f"; kept the last weights (val {100 * m['val/last_acc']:.2f}%)"
     else:
         text += "; no val classes: the final model is kept"
     return text + (", stopped early)" if m.get("stopped_early") else ")")

@@ -107,6 +107,10 @@ class TrainConfig(Section):
     val_every: int = Field(default=200, ge=1)
     val_episodes: int = Field(default=300, ge=1)
     patience: int = Field(default=5, ge=1)
+    keep: Literal["best", "last"] = "best"
+    """With val classes: keep the val-best weights and stop early after `patience` worse
+    validations, or keep the last step's weights (val still scored and logged, no early
+    stop): a fixed budget, for measuring what the training itself is worth."""
     checkpoint_every: int = Field(default=100, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

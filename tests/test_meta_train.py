@@ -82,6 +82,27 @@ def test_early_stopping_stops(tiny_task, tmp_path, monkeypatch):
     assert meta.metrics["best_episode"] == 5
 
 
+def test_keep_last_trains_the_whole_budget_and_keeps_the_last_weights(tiny_task, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # the same run as above, which stops early; keep=last must not, and must keep its end
+    config = config_for(tiny_task, "train.episodes=20", "train.val_every=5", "train.patience=1",
+                        "train.lr=1e-12", "train.augment=false", "train.keep=last")
+    run = meta_train(config, quiet=True)
+    metrics = run.read_meta().metrics
+    assert metrics["stopped_early"] is False and metrics["episodes_trained"] == 20
+    assert metrics["kept"] == "last"
+    vals = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()
+            if '"val/acc"' in x]
+    assert len(vals) == 4
+    assert metrics["val/last_acc"] == pytest.approx(vals[-1]["val/acc"])
+    assert metrics["val/acc"] == pytest.approx(max(v["val/acc"] for v in vals))
+    last, _ = run.load_checkpoint()
+    kept = run.load_weights()
+    assert kept.keys() == last.keys()
+    assert all(torch.equal(kept[k], last[k]) for k in kept)
+
+
 def _cli_train(tiny_task: Path, out: Path, *extra: str, **popen) -> subprocess.Popen:
     args = [sys.executable, "-m", "fewshot", "meta-train", "--quiet", "--no-wandb",
             "--set", f"data.task={tiny_task}", *sum((["--set", s] for s in TINY), []),

@@ -94,6 +94,17 @@ class LoopState:
         best = [h["ci"] for h in self.history if h["acc"] == self.best_acc]
         return best[0] if best else None
 
+    def val_record(self, unit: str, keep: str) -> dict[str, Any]:
+        """model.json's account of validation: the best score and where it was, and, when
+        the run kept its last weights instead (`train.keep: last`), that model's own score."""
+        record: dict[str, Any] = {
+            "val/acc": self.best_acc if math.isfinite(self.best_acc) else None,
+            "val/acc_ci95": self.best_ci(), f"best_{unit}": self.best_at}
+        if keep == "last" and self.history:
+            record.update({"kept": "last", "val/last_acc": self.history[-1]["acc"],
+                           "val/last_acc_ci95": self.history[-1]["ci"]})
+        return record
+
 
 class Objective(Protocol):
     """An extra loss on a stream of its own (unlabeled images, another domain), added to the
@@ -403,15 +414,17 @@ def train(stage: Stage, config: Config, run: RunDir, *, resumed: bool,
         state.history.append({stage.unit: at, "acc": acc, "ci": ci})
         if improved:
             state.best_acc, state.best_at, state.bad_validations = acc, at, 0
-            save_best()
         else:
             state.bad_validations += 1
+        if improved or t.keep == "last":
+            save_best()
         log_validation(tracker, result, state.position,
                        {**stage.validation_metrics(state.position), "val/best_acc": state.best_acc})
         if not quiet:
             console.print(f"validation at {stage.unit} {at}: {100 * acc:.2f} ± {100 * ci:.2f}%"
                           f"{' (best)' if improved else ''}")
-        if state.bad_validations >= t.patience and state.position < stage.total:
+        if (t.keep == "best" and state.bad_validations >= t.patience
+                and state.position < stage.total):
             state.stopped_early = True
             if not quiet:
                 console.print(f"early stop: no better val score in {t.patience} validations "

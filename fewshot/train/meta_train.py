@@ -17,7 +17,6 @@ the same episodes. CPU task-worker processes are off under torchrun.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -282,10 +281,8 @@ class MetaTrainStage(Stage):
             head=config.method.head,
             head_options=head_options(config, self.t.ways, head.encoder.feature_dim),
             classes={split: task.classes(split) for split in ("base", "val", "novel")},
-            metrics={"val/acc": state.best_acc if math.isfinite(state.best_acc) else None,
-                     "val/acc_ci95": state.best_ci(),
-                     "best_episode": state.best_at, "episodes_trained": state.position,
-                     "stopped_early": state.stopped_early})
+            metrics={**state.val_record("episode", self.t.keep),
+                     "episodes_trained": state.position, "stopped_early": state.stopped_early})
 
     def write_prototypes(self, run: RunDir) -> None:
         run.save_prototypes(base_prototypes(self.head.encoder, self.base_images, self.base,

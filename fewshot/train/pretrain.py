@@ -38,7 +38,6 @@ and options; the loop around it is `fewshot.train.loop`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -345,9 +344,8 @@ class PretrainStage(Stage):
             normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             feature_dim=int(self.model.encoder.feature_dim), head="simpleshot",
             classes={split: task.classes(split) for split in ("base", "val", "novel")},
-            metrics={"val/acc": state.best_acc if math.isfinite(state.best_acc) else None,
-                     "val/acc_ci95": state.best_ci(),
-                     "best_epoch": state.best_at, "epochs_trained": self.count(state.position),
+            metrics={**state.val_record("epoch", self.t.keep),
+                     "epochs_trained": self.count(state.position),
                      "stopped_early": state.stopped_early, **self.objectives_record(),
                      **({"distilled_from": self.t.distill} if self.t.distill else {})})
 
