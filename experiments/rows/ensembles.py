@@ -4,22 +4,18 @@
 The two best encoders measured: the shipped blood-v1 (fp16) and Meta-Baseline
 meta-trained from it; and, for the cost of no training at all, two heads on blood-v1."""
 
-from rows import Group, Pair, Stage, register
-from rows.blood_rare_rbc import PREPARE_OUTPUT, SHIPPED_OUTPUT
+from rows import Group, Pair, register
+from rows.blood_rare_rbc import SHIPPED_METABASELINE
 
 TASK = "tasks/blood-rare-rbc.yaml"
-META_BASELINE = Stage("metabaseline-from-shipped", "meta-train",
-                      "configs/blood-v1-metabaseline.yaml", sets=["model.weights=blood-v1"])
-"""configs/blood-v1-metabaseline.yaml started from the shipped blood-v1, so that this group
-needs no blood-v1 training run of its own."""
 
-BLOOD_LP = Pair(SHIPPED_OUTPUT, "linear-probe", "shipped blood-v1 (output) + linear probe")
-BLOOD_SS = Pair(SHIPPED_OUTPUT, "simpleshot", "shipped blood-v1 (output) + SimpleShot")
-META_LP = Pair("metabaseline-from-shipped", "linear-probe",
+BLOOD_LP = Pair("blood-v1", "linear-probe", "shipped blood-v1 + linear probe")
+BLOOD_SS = Pair("blood-v1", "simpleshot", "shipped blood-v1 + SimpleShot")
+META_LP = Pair(SHIPPED_METABASELINE.name, "linear-probe",
                "shipped blood-v1 + Meta-Baseline + linear probe")
 
 register(Group(
-    name="ensembles", task=TASK, tier="cpu", stages=[META_BASELINE], prepare=PREPARE_OUTPUT,
+    name="ensembles", task=TASK, tier="cpu", stages=[SHIPPED_METABASELINE],
     note="the mean of two pairs' softmax probabilities, paired against each pair alone",
     reference=BLOOD_LP.label,
     pairs=[BLOOD_LP, BLOOD_SS, META_LP,

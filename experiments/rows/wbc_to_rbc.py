@@ -25,6 +25,24 @@ repeatable, so retraining `wbc-v1` itself would leave them scored on other weigh
 SECOND = "wbc-v1, second training"
 WBC_METABASELINE = Stage("wbc-v1-metabaseline", "meta-train", "configs/wbc-v1-metabaseline.yaml",
                          sets=[f"model.weights=experiments/runs/{WBC_SECOND.name}"])
+WBC_METABASELINE_LAST = Stage("wbc-v1-metabaseline-last", "meta-train",
+                              "configs/wbc-v1-metabaseline.yaml",
+                              sets=[*WBC_METABASELINE.sets, "train.keep=last"])
+"""The same recipe on its whole 800-episode budget, keeping the last weights: what the
+meta-training itself does to the encoder, where the early-stopped run kept its start."""
+for head, label in (("linear-probe", "linear probe"), ("simpleshot", "SimpleShot")):
+    reference = Pair(WBC_SECOND.name, head, f"{SECOND} + {label}")
+    register(Group(
+        name=f"meta-transfer-wbc-{head}-last", task=TASK, tier="cpu",
+        stages=[WBC_SECOND, WBC_METABASELINE_LAST],
+        note="Meta-Baseline from wbc-v1 on its whole budget (800 white-cell episodes, "
+             "train.keep=last: no early stopping), paired against the same encoder without "
+             "meta-training, with the same test-time head",
+        reference=reference.label,
+        pairs=[reference, Pair(WBC_METABASELINE_LAST.name, head,
+                               f"{SECOND} + Meta-Baseline, 800 episodes, last weights "
+                               f"+ {label}")]))
+
 for head, label in (("linear-probe", "linear probe"), ("simpleshot", "SimpleShot")):
     reference = Pair(WBC_SECOND.name, head, f"{SECOND} + {label}")
     register(Group(
