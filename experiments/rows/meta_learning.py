@@ -34,6 +34,19 @@ register(Group(
            Pair("pretrain-resnet18-blood", "finetune",
                 f"{ENCODER} + finetune (freeze-then-unfreeze)", episodes=FINETUNE_EPISODES)]))
 
+PRETRAINED_LAST = Stage("pretrain-resnet18-blood-last", "pretrain",
+                        "configs/pretrain-resnet18-blood.yaml", sets=["train.keep=last"])
+"""The same recipe on all its 16 epochs, keeping the last: what val's choice of epoch costs."""
+for head, label in (("linear-probe", "linear probe"), ("simpleshot", "SimpleShot")):
+    register(Group(
+        name=f"pretrained-base-last-{head}", task=TASK, tier="cpu",
+        stages=[PRETRAINED, PRETRAINED_LAST], reference=f"{ENCODER} + {label}",
+        note="the same encoder trained on its whole budget and kept at its last epoch, "
+             "against the val-selected epoch, with the same head",
+        pairs=[Pair(PRETRAINED.name, head, f"{ENCODER} + {label}"),
+               Pair(PRETRAINED_LAST.name, head,
+                    f"{ENCODER}, 16 epochs, last weights + {label}")]))
+
 PROTONET = Stage("protonet-resnet18-pretrained", "meta-train",
                  "configs/protonet-resnet18-pretrained.yaml", sets=[START])
 for name, stage, head, label, reference, episodes in (
