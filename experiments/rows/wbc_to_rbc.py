@@ -30,28 +30,22 @@ WBC_METABASELINE_LAST = Stage("wbc-v1-metabaseline-last", "meta-train",
                               sets=[*WBC_METABASELINE.sets, "train.keep=last"])
 """The same recipe on its whole 800-episode budget, keeping the last weights: what the
 meta-training itself does to the encoder, where the early-stopped run kept its start."""
-for head, label in (("linear-probe", "linear probe"), ("simpleshot", "SimpleShot")):
-    reference = Pair(WBC_SECOND.name, head, f"{SECOND} + {label}")
-    register(Group(
-        name=f"meta-transfer-wbc-{head}-last", task=TASK, tier="cpu",
-        stages=[WBC_SECOND, WBC_METABASELINE_LAST],
-        note="Meta-Baseline from wbc-v1 on its whole budget (800 white-cell episodes, "
-             "train.keep=last: no early stopping), paired against the same encoder without "
-             "meta-training, with the same test-time head",
-        reference=reference.label,
-        pairs=[reference, Pair(WBC_METABASELINE_LAST.name, head,
-                               f"{SECOND} + Meta-Baseline, 800 episodes, last weights "
-                               f"+ {label}")]))
-
-for head, label in (("linear-probe", "linear probe"), ("simpleshot", "SimpleShot")):
-    reference = Pair(WBC_SECOND.name, head, f"{SECOND} + {label}")
-    register(Group(
-        name=f"meta-transfer-wbc-{head}", task=TASK, tier="cpu",
-        stages=[WBC_SECOND, WBC_METABASELINE],
-        note="Meta-Baseline from wbc-v1 (configs/wbc-v1-metabaseline.yaml: white-cell "
-             "episodes, stopped early on the red-cell val classes), paired against the same "
-             "encoder without meta-training, with the same test-time head",
-        reference=reference.label,
-        pairs=[reference, Pair(WBC_METABASELINE.name, head,
-                               f"{SECOND} + Meta-Baseline (early stopping kept its "
-                               f"starting weights) + {label}")]))
+META_TRANSFER = [
+    (WBC_METABASELINE_LAST, "-last", "Meta-Baseline, 800 episodes, last weights",
+     "Meta-Baseline from wbc-v1 on its whole budget (800 white-cell episodes, "
+     "train.keep=last: no early stopping)"),
+    (WBC_METABASELINE, "", "Meta-Baseline (early stopping kept its starting weights)",
+     "Meta-Baseline from wbc-v1 (configs/wbc-v1-metabaseline.yaml: white-cell "
+     "episodes, stopped early on the red-cell val classes)")]
+"""The fixed-budget run and the early-stopped one, each paired against wbc-v1's second
+training with the same test-time head."""
+for stage, suffix, what, trained in META_TRANSFER:
+    for head, label in (("linear-probe", "linear probe"), ("simpleshot", "SimpleShot")):
+        reference = Pair(WBC_SECOND.name, head, f"{SECOND} + {label}")
+        register(Group(
+            name=f"meta-transfer-wbc-{head}{suffix}", task=TASK, tier="cpu",
+            stages=[WBC_SECOND, stage],
+            note=f"{trained}, paired against the same encoder without meta-training, with "
+                 "the same test-time head",
+            reference=reference.label,
+            pairs=[reference, Pair(stage.name, head, f"{SECOND} + {what} + {label}")]))
