@@ -62,3 +62,20 @@ for name, stage, head, label, reference, episodes in (
         note=f"{label} meta-trained from {ENCODER}, paired against the encoder without "
              "meta-training",
         pairs=[Pair(stage.name, head, f"{ENCODER} + {label}", episodes=episodes)]))
+
+PROTONET_LAST = Stage("protonet-resnet18-pretrained-last", "meta-train",
+                      "configs/protonet-resnet18-pretrained.yaml",
+                      sets=[START, "train.keep=last"])
+"""ProtoNet on its whole 500-episode budget, keeping the last weights: val (two white cells
+and three red-cell morphologies) stopped the run above at its start, as it stops the
+pretraining early, so this measures what the episodes themselves are worth."""
+for head, label, reference in (("protonet", "ProtoNet", "SimpleShot"),
+                               ("linear-probe", "linear probe", "linear probe")):
+    register(Group(
+        name=f"meta-transfer-episodic-protonet-last-{head}", task=TASK, tier="cpu",
+        stages=[PRETRAINED, PROTONET_LAST], reference=f"{ENCODER} + {reference}",
+        note=f"ProtoNet meta-trained from {ENCODER} on all 500 episodes (train.keep=last), "
+             f"scored with {label}, paired against the encoder without meta-training",
+        pairs=[Pair(PROTONET_LAST.name, head,
+                    f"{ENCODER} + ProtoNet, 500 episodes, last weights"
+                    + ("" if head == "protonet" else f" + {label}"))]))
