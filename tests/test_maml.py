@@ -291,6 +291,14 @@ def test_metasgd_learns_its_inner_learning_rates():
     assert model.inner_lrs["classifier-weight"].grad.abs().sum() > 0
 
 
+def test_listed_first_order_default_is_what_the_head_does():
+    from fewshot.methods import head_class
+
+    assert head_class("fomaml").options()["first_order"].default is True
+    assert head_class("maml").options()["first_order"].default is False
+    assert head("maml").first_order is False
+
+
 def test_episode_interface_and_errors():
     model = head("fomaml")
     assert model.first_order  # always, whatever the option says

@@ -17,6 +17,7 @@ as learn2learn's examples do (used by the learn2learn parity tests).
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import ClassVar, Literal
 
@@ -46,6 +47,14 @@ class GradientMetaHead(FewShotHead):
     learns_inner_lrs: ClassVar[bool] = False
     """True: one learned inner learning rate per adapted parameter entry (Meta-SGD)."""
     always_first_order: ClassVar[bool] = False
+
+    @classmethod
+    def options(cls) -> dict[str, inspect.Parameter]:
+        """As declared, but `first_order` shows True where it is always on (FOMAML)."""
+        options = super().options()
+        if cls.always_first_order:
+            options["first_order"] = options["first_order"].replace(default=True)
+        return options
 
     def __init__(self, encoder: nn.Module, ways: int = 5, feature_dim: int | None = None,
                  inner_steps: int = 5, inner_lr: float = 0.01, first_order: bool = False,
