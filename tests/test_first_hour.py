@@ -30,6 +30,10 @@ def test_a_shared_name_prefix_suggests_a_group_key(tmp_path) -> None:
         target.write_bytes(path.read_bytes())
     assert suggest_group_key(sorted(numbered.rglob("*.png"))) == (r"^(\d+)[_-]", 8)
     assert suggest_group_key([Path(f"img_{i:03d}.png") for i in range(40)]) is None
+    # a class code as prefix ('BA_12.jpg' in basophil/) is one group per class: no source
+    coded = [Path(c) / f"{code}_{i}.jpg" for c, code in (("basophil", "BA"), ("monocyte", "MO"))
+             for i in range(20)]
+    assert suggest_group_key(coded) is None
     done = run_cli("data", "check", str(numbered), "--no-near-duplicates", "--shots", "1",
                    "--queries", "1", cwd=tmp_path)
     assert "--group-key '^(\\\\d+)[_-]'" in done.stdout, done.stdout

@@ -105,10 +105,18 @@ GROUP_PATTERNS = (r"^(\d+)[_-]", r"^([A-Za-z]+\d+)[_-]", r"^([^_\-.]+)[_-]")
 
 def suggest_group_key(paths: list[Path]) -> tuple[str, int] | None:
     """(pattern, groups) when most file names share prefixes that look like a source id
-    (nine in ten names match, at most half as many groups as files, at least two)."""
+    (nine in ten names match, at most half as many groups as files, at least two). A
+    prefix that never varies within a class folder (`BA_1.jpg` in `basophil/`) names the
+    class, not a source, and is not suggested."""
     for pattern in GROUP_PATTERNS:
-        found = [m.group(1) for p in paths if (m := re.match(pattern, p.name))]
+        matched = [(p.parent, m.group(1)) for p in paths if (m := re.match(pattern, p.name))]
+        found = [prefix for _, prefix in matched]
         groups = len(set(found))
-        if paths and len(found) >= 0.9 * len(paths) and 2 <= groups <= len(found) / 2:
+        per_folder: dict[Path, set[str]] = {}
+        for folder, prefix in matched:
+            per_folder.setdefault(folder, set()).add(prefix)
+        names_class = len(per_folder) > 1 and all(len(v) == 1 for v in per_folder.values())
+        if (paths and len(found) >= 0.9 * len(paths) and 2 <= groups <= len(found) / 2
+                and not names_class):
             return pattern, groups
     return None
