@@ -385,7 +385,9 @@ def evaluate_cmd(
     if task is None:
         if config is None:
             raise UsageError("no task to evaluate on", "--task",
-                             "pass --task FILE, or --config FILE whose data.task names one")
+                             "pass --task FILE or a shipped task's name (fewshot list tasks, "
+                             "e.g. --task quickstart --ways 3), or --config FILE whose "
+                             "data.task names one")
         task = cfg.data.task
     e = cfg.eval
     result = evaluate(model, head or [], task, split=split or e.split, ways=ways or e.ways,

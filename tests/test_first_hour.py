@@ -83,3 +83,10 @@ def test_list_with_no_argument_lists_everything(tmp_path) -> None:
     for part in ("heads:", "backbones:", "configs:", "tasks:", "protonet", "conv4",
                  "quickstart (shipped)"):
         assert part in text, part
+
+
+def test_evaluate_without_a_task_names_the_shipped_ones(tmp_path) -> None:
+    done = run_cli("evaluate", "--model", "pixels", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--task quickstart" in done.stderr and "fewshot list tasks" in done.stderr
+    assert "Traceback" not in done.stderr
