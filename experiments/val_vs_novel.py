@@ -57,10 +57,10 @@ def red_val_task(folder: Path) -> Path:
     return path
 
 
-def splits(task: Path, folder: Path) -> list[tuple[str, Path, str, int]]:
+def splits(task: Path, red_val: Path) -> list[tuple[str, Path, str, int]]:
     """(label, task file, split, ways) to score a pair on."""
     own = [("val as the task has it, 5-way", task, "val", 5)]
-    red = [("val, red cells only, 3-way", red_val_task(folder), "val", 3)] if task == BLOOD else []
+    red = [("val, red cells only, 3-way", red_val, "val", 3)] if task == BLOOD else []
     return own + red + [("novel, 5-way", task, "novel", 5)]
 
 
@@ -74,9 +74,10 @@ def main() -> None:
                          "python experiments/run.py --tier cpu --only GROUP")
     out: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
+        red_val = red_val_task(Path(tmp))
         for title, task, before, after in PAIRS:
             models = [str(RUNS / before), str(RUNS / after)]
-            for label, path, split, ways in splits(task, Path(tmp)):
+            for label, path, split, ways in splits(task, red_val):
                 cache = Models(load_task(path), split, 0, pick_device("cpu"), quiet=True)
                 for shots in (1, 5):
                     result = evaluate(models, ["linear-probe"] * 2, path, split=split,
