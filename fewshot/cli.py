@@ -504,7 +504,7 @@ def list_cmd(
 
         for name, cls in sorted(registered_heads().items()):
             options = ", ".join(f"{o.name}={o.default!r}" if o.default is not o.empty
-                                else o.name for o in cls.options().values())
+                                else o.name for o in cls.user_options().values())
             screen.print(f"{name}: {options or 'no options'}", markup=False)
     elif what is Listing.backbones:
         from fewshot.models import registered_backbones

@@ -218,7 +218,7 @@ def validate(data: dict[str, Any], source: object = "config") -> Config:
                 f"unknown config key in {source}", key, "remove it or check its spelling"
             ) from None
         raise UsageError(f"invalid config value in {source}", key, err["msg"]) from None
-    declared = head_class(config.method.head).options()  # an unknown head names the others
+    declared = head_class(config.method.head).user_options()  # an unknown head names the others
     unknown = sorted(set(config.method.given()) - set(declared))
     if unknown:
         raise UsageError(f"unknown config key in {source} for head '{config.method.head}'",

@@ -100,3 +100,20 @@ def test_shipped_experiment_configs_load_with_strict_keys(path):
     config = load_config(path, [])
     assert config.name == path.stem  # run directories are named after their config
     assert (path.parent / config.data.task).is_file()
+
+
+@pytest.mark.parametrize("key", ["base_mean", "base_features", "ways", "feature_dim"])
+def test_options_the_model_fills_in_are_not_the_users(tmp_path, key):
+    """The base mean and the feature size come from the model, the ways from the episode:
+    a value set by hand is refused, and the head's listed options leave them out."""
+    from fewshot.methods import head_class, parse_head_spec
+
+    head = "simpleshot" if key.startswith("base") else "maml"
+    with pytest.raises(UsageError) as info:
+        parse_head_spec(f"{head}:{key}=3")
+    assert info.value.exit_code == 2 and key in str(info.value)
+    with pytest.raises(UsageError) as info:
+        load_config(write(tmp_path / "c.yaml", {"method": {"head": head, key: 3}}))
+    assert f"method.{key}" in str(info.value)
+    assert key in head_class(head).options()  # still offered by the caller
+    assert key not in head_class(head).user_options()

@@ -54,12 +54,22 @@ class FewShotHead(nn.Module):
     def protocol(self) -> str:
         return "transductive" if self.transductive else "inductive"
 
+    context_options: ClassVar[frozenset[str]] = frozenset(
+        {"base_mean", "base_features", "feature_dim", "ways"})
+    """Options the caller fills in from the model and the episode, never the user: a value
+    given by hand would disagree with the encoder or the task."""
+
     @classmethod
     def options(cls) -> dict[str, inspect.Parameter]:
         """The options the constructor declares (its keyword parameters after `encoder`)."""
         params = list(inspect.signature(cls.__init__).parameters.values())[2:]
         return {p.name: p for p in params
                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    @classmethod
+    def user_options(cls) -> dict[str, inspect.Parameter]:
+        """The options a user may set (`--head NAME:KEY=VALUE`, `method.KEY`)."""
+        return {k: v for k, v in cls.options().items() if k not in cls.context_options}
 
     @contextmanager
     def on_features(self) -> Iterator[FewShotHead]:
@@ -131,9 +141,11 @@ def select_options(name: str, available: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in available.items() if k in declared}
 
 
-def check_options(name: str, options: dict[str, Any], where: str = "head options") -> None:
-    """Every option given must be one the head declares."""
-    declared = head_class(name).options()
+def check_options(name: str, options: dict[str, Any], where: str = "head options",
+                  user: bool = False) -> None:
+    """Every option given must be one the head declares (with `user`, one a user may set)."""
+    cls = head_class(name)
+    declared = cls.user_options() if user else cls.options()
     unknown = sorted(set(options) - set(declared))
     if unknown:
         known = ", ".join(sorted(declared)) or "none"
@@ -163,5 +175,5 @@ def parse_head_spec(spec: str, what: str = "head") -> tuple[str, dict[str, Any]]
         except yaml.YAMLError:
             options[key.strip()] = raw
     name = name.strip()
-    check_options(name, options, spec)
+    check_options(name, options, spec, user=True)
     return name, options
