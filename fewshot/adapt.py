@@ -385,7 +385,7 @@ def adapt_ensemble(pairs: list[tuple[Path | RunDir, str | None]], folder: str | 
     ensemble = Ensemble(members)
     selection = members[0].selection
     paths = [path for path, _ in selection.heldout]
-    results = load_many(paths, ensemble.image_size, quiet, "scoring held-out images (ensemble)")
+    results = load_many(paths, ensemble.image_size, quiet, "reading held-out files (ensemble)")
     good = [i for i, r in enumerate(results) if not isinstance(r, str)]
     true = np.array([selection.heldout[i][1] for i in good], dtype=np.int64)
     scored = [m.metrics for m in members]
@@ -486,7 +486,7 @@ def score_heldout(adapted, selection: Selection, new_classes: int, quiet: bool
     Returns the leave-out metrics and the held-out logits (uncalibrated), labels and
     features."""
     paths = [path for path, _ in selection.heldout]
-    results = load_many(paths, adapted.image_size, quiet, "scoring held-out images")
+    results = load_many(paths, adapted.image_size, quiet, "reading held-out files")
     good = [i for i, r in enumerate(results) if not isinstance(r, str)]
     for i, r in enumerate(results):
         if isinstance(r, str):

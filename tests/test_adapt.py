@@ -130,6 +130,12 @@ def test_adapt_and_predict_end_to_end(tmp_path, run_dir, new_disease):
                              "ood_score", "out_of_domain", "in_support", "error"]
     broken = [r for r in rows if r["path"].endswith("broken.png")]
     assert len(broken) == 1 and broken[0]["prediction"] == "" and broken[0]["error"]
+    assert "broken.png" not in broken[0]["error"]  # the path column names it, once
+    assert "notes.txt: not an image file (by extension)" in result.stderr
+    named = run_cli("predict", str(out), str(new_disease / "alpha" / "notes.txt"))
+    assert named.returncode == 1  # a non-image named on purpose: adapt's words, one line
+    assert "error: not an image file (by extension)" in named.stderr
+    assert "Traceback" not in named.stderr
     good = [r for r in rows if not r["error"]]
     assert len(good) == 8
     assert [r["prediction"] for r in good] == ["beta"] * 7 + ["alpha"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from fewshot.errors import DataError, UsageError
 
@@ -246,7 +246,13 @@ def load_image(path: str | Path, size: int | None = None) -> Image.Image:
                 image.load()
                 rgb = to_rgb8(image)
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, UnidentifiedImageError):  # its message repeats the path
+                if not is_image_file(path):
+                    raise DataError(why_not_used(path), path, "pass image files "
+                                    f"({', '.join(sorted(IMAGE_EXTENSIONS))})") from None
+                first = "no image decoder recognises it (damaged, or not an image)"
+            else:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(
                 f"cannot read image: {first}", path, "replace or remove the file"
             ) from None
