@@ -16,6 +16,9 @@ algorithm search, the loader's start-up), on one generated folder: random pixels
 by class, saved as JPEG at `--size` px.
 
     python experiments/bench_pretrain.py --device cuda            # GPU: ~1 minute
+    python experiments/bench_pretrain.py --device cpu --size 64 --per-class 300 \
+        --backbone resnet18 --backbone 'resnet18:{"maxpool": false}' --backbone resnet12 \
+        --workers 2 --out experiments/results/bench_pretrain.md   # the CPU table
     python experiments/bench_pretrain.py --device cpu --per-class 40 --size 32   # a look
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -71,11 +75,19 @@ def write_folder(root: Path, per_class: int, size: int) -> Path:
     return task
 
 
-def fewshot_rate(task: Path, args: argparse.Namespace, work: Path) -> tuple[float, float]:
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`BACKBONE` or `BACKBONE:{JSON backbone_args}`, e.g. `resnet18:{"maxpool": false}`."""
+    name, _, extra = text.partition(":")
+    return name, (json.loads(extra) if extra else {})
+
+
+def fewshot_rate(task: Path, args: argparse.Namespace, work: Path, backbone: str,
+                 backbone_args: dict) -> tuple[float, float]:
     """(images/s after the warm-up steps, seconds to build the decoded cache)."""
-    run = work / "run"
+    run = work / f"run-{time.monotonic_ns()}"
     sets = [f"data.task={task}", f"data.cache_dir={work / 'cache'}",
-            f"model.backbone={args.backbone}", "train.epochs=1",
+            f"model.backbone={backbone}", f"model.backbone_args={json.dumps(backbone_args)}",
+            "train.epochs=1",
             f"train.batch_size={args.batch}", "train.optimizer=adam", "train.lr=0.001",
             f"train.amp={str(args.device == 'cuda').lower()}", "train.val_episodes=5",
             "train.ways=2", "train.shots=1", "train.queries=1", "tracking.wandb=false"]
@@ -98,7 +110,8 @@ def fewshot_rate(task: Path, args: argparse.Namespace, work: Path) -> tuple[floa
     return rate, total - seconds[last]
 
 
-def torchvision_rate(task_root: Path, args: argparse.Namespace) -> float:
+def torchvision_rate(task_root: Path, args: argparse.Namespace, backbone: str,
+                     backbone_args: dict) -> float:
     """The same encoder and step on ImageFolder + DataLoader; images/s after warm-up."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
@@ -114,7 +127,7 @@ def torchvision_rate(task_root: Path, args: argparse.Namespace) -> float:
     loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=False,
                         num_workers=args.workers, pin_memory=cuda)
     torch.manual_seed(0)
-    encoder = build_backbone(args.backbone, image_size=args.size)
+    encoder = build_backbone(backbone, image_size=args.size, **backbone_args)
     model = nn.Sequential(encoder, nn.Linear(encoder.feature_dim, BASE)).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -149,7 +162,9 @@ def torchvision_rate(task_root: Path, args: argparse.Namespace) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backbone", default="resnet12")
+    parser.add_argument("--backbone", action="append", dest="variants",
+                        help='encoder to time, as BACKBONE or BACKBONE:{JSON backbone_args}; '
+                             'repeat to time several on the same images (default resnet12)')
     parser.add_argument("--size", type=int, default=84, help="image size (px)")
     parser.add_argument("--per-class", type=int, default=1200,
                         help="images per base class (8 classes)")
@@ -158,34 +173,46 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, help="write the table here (Markdown)")
     args = parser.parse_args()
+    variants = [parse_variant(v) for v in args.variants or ["resnet12"]]
 
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         start = time.perf_counter()
         task = write_folder(work / "images", args.per_class, args.size)
         print(f"{BASE * args.per_class} images written in {time.perf_counter() - start:.0f} s",
               flush=True)
-        ours, build = fewshot_rate(task, args, work)
-        print(f"fewshot pretrain: {ours:.0f} images/s", flush=True)
-        plain = torchvision_rate(work / "images", args)
-        print(f"torchvision loop: {plain:.0f} images/s", flush=True)
+        for backbone, extra in variants:
+            label = backbone + (f" {json.dumps(extra)}" if extra else "")
+            ours, build = fewshot_rate(task, args, work, backbone, extra)
+            print(f"{label}: fewshot pretrain {ours:.0f} images/s", flush=True)
+            plain = torchvision_rate(work / "images", args, backbone, extra)
+            print(f"{label}: torchvision loop {plain:.0f} images/s", flush=True)
+            rows.append((label, ours, plain, build))
 
     cuda = args.device == "cuda"
-    device = torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()})"
+    device = torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)"
     precision = "float16 autocast + gradient scaler, channels-last" if cuda else "float32"
+    first = rows[0][1]
     lines = [
         "# Supervised pretraining speed: fewshot pretrain vs a plain torchvision loop", "",
-        f"{args.backbone} + linear over {BASE} classes, {args.size} px, batch {args.batch}, Adam,"
-        f" {precision};"
+        f"`python {shlex.join(sys.argv)}`", "",
+        f"Encoder + linear layer over {BASE} classes, {args.size} px, batch {args.batch}, Adam,"
+        f" cross-entropy with label smoothing 0.1, {precision};"
         f" {BASE * args.per_class} generated JPEG images, one epoch, timed after {args.warmup}"
-        f" warm-up steps; device {device}; torchvision DataLoader with {args.workers} workers.",
+        f" warm-up steps; device {device}, torch {torch.__version__},"
+        f" {torch.get_num_threads()} threads; torchvision DataLoader with {args.workers}"
+        f" workers; load average {os.getloadavg()[0]:.2f} at the end.",
         "",
-        "| path | images/s |", "|---|---:|",
-        f"| fewshot pretrain (decoded cache on the {args.device}) | {ours:.0f} |",
-        f"| torchvision ImageFolder + DataLoader | {plain:.0f} |",
-        "", f"Ratio fewshot / torchvision: {ours / plain:.2f}x. The cache was built once in "
-        f"{build:.1f} s (with process start-up, model set-up and the end-of-epoch "
-        "validation), not counted above.",
+        f"| encoder | fewshot pretrain, images/s | torchvision loop, images/s | ratio |"
+        f" time per image vs {rows[0][0]} |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {label} | {ours:.0f} | {plain:.0f} | {ours / plain:.2f}x | {first / ours:.1f}x |"
+          for label, ours, plain, _ in rows],
+        "", "fewshot reads the split's decoded cache (built once per image size, not timed: "
+        + ", ".join(f"{b:.1f} s" for *_, b in rows)
+        + " with process start-up, model set-up and the end-of-epoch validation); the"
+        " torchvision loop decodes every JPEG every epoch.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
