@@ -35,7 +35,7 @@ RUNS = ROOT / "experiments" / "runs"
 RESULTS_JSON = ROOT / "experiments" / "RESULTS.json"
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from rows import Group, Pair, Stage, load_groups  # noqa: E402
+from rows import TARGETS, Group, Pair, Stage, Target, load_groups  # noqa: E402
 
 from fewshot.data.files import sha256_file, shipped_model  # noqa: E402
 from fewshot.data.tasks import load_task  # noqa: E402
@@ -221,6 +221,62 @@ def meta_transfer_verdict(rows: list[dict]) -> list[str]:
             "test-time head; the closest:")
     return [f"{head} {best['label']}, {best['shots']}-shot, {100 * p['mean']:+.1f} ± "
             f"{100 * p['ci95']:.1f} vs {p['reference']}.", ""]
+
+
+def target_verdict(rows: list[dict], target: Target) -> list[str]:
+    """Whether the target row reaches its accuracy at each shot count, the rows that came
+    closest, and what every lever measured against a learned encoder was worth (a current
+    row on balanced queries paired against a row other than the task's floor), best
+    first: the summary a reader of an unmet target needs."""
+    current = [r for r in rows if r["task"] == target.task and not r.get("measured_on")
+               and r.get("query_imbalance") is None]
+    if not current:
+        return []
+    full = max(r["episodes"] for r in current)
+
+    def named(r: dict) -> str:
+        inductive = r["protocol"] == "inductive" or r["protocol"] in r["label"]
+        return r["label"] + ("" if inductive else f" ({r['protocol']})")
+
+    lines = [f"Targets ({target.label}; {full} episodes, balanced queries):", ""]
+    for shots, goal in sorted(target.accuracy.items()):
+        at = [r for r in current if r["shots"] == shots]
+        row = next((r for r in at if r["label"] == target.label), None)
+        if row is None:
+            lines.append(f"- {shots}-shot, at least {goal:g}%: not scored yet.")
+            continue
+        mean = 100 * row["accuracy"]["mean"]
+        state = "reached" if mean >= goal else f"not reached ({goal - mean:.1f} points short)"
+        text = f"- {shots}-shot, at least {goal:g}%: {pct(row['accuracy'])}, {state}."
+        shown = set()
+        for what, protocol in (("inductive row", "inductive"), ("row of any protocol", None)):
+            pool = [r for r in at if r["episodes"] == full and r["label"] != target.label
+                    and (protocol is None or r["protocol"] == protocol)]
+            best = max(pool, key=lambda r: r["accuracy"]["mean"]) if pool else None
+            if best is not None and best["label"] not in shown:
+                shown.add(best["label"])
+                text += f" Best other {what}: {named(best)}, {pct(best['accuracy'])}."
+        lines.append(text)
+    lines += ["", target.elsewhere, ""] if target.elsewhere else [""]
+    for shots in sorted(target.accuracy):
+        seen, levers = set(), []
+        for r in current:
+            p = r["paired"]
+            key = (r["model"], r["head"], r["episodes"], r["accuracy"]["mean"], p["reference"])
+            if (r["shots"] != shots or p["reference"] in (r["label"], target.floor)
+                    or key in seen or r.get("seed_of")):
+                continue
+            seen.add(key)
+            levers.append(r)
+        if levers:
+            lines += [f"What each lever was worth at {shots}-shot, against the same encoder "
+                      "or head without it (paired, the same episodes; best first):", ""]
+            lines += [f"- {named(r)}: {100 * r['paired']['mean']:+.1f} ± "
+                      f"{100 * r['paired']['ci95']:.1f} vs {r['paired']['reference']}"
+                      + ("" if r["episodes"] == full else f" ({r['episodes']} episodes)")
+                      for r in sorted(levers, key=lambda r: -r["paired"]["mean"])]
+            lines.append("")
+    return lines
 
 
 def seed_spread(rows: list[dict]) -> list[str]:
@@ -446,6 +502,9 @@ def markdown(rows: list[dict], missing: list[str], tier: str, registered: list[s
                          "no longer registered: their current counterparts are the rows "
                          "without †.")
             lines += [text, ""]
+        for target in TARGETS:
+            if any(r["task"] == task == target.task for r in rows):
+                lines += target_verdict(rows, target)
         lines += meta_transfer_verdict([r for r in rows if r["task"] == task])
         if spread := seed_spread([r for r in rows if r["task"] == task]):
             lines += ["Training seeds (the same recipe trained again; the same episodes):", "",

@@ -109,3 +109,33 @@ def test_marking_keeps_rows_of_superseded_weights_and_their_references():
                                               "meta-no-mixup"]
     assert [r.get("measured_on") for r in rows] == ["before"] * 3 + [None, None]
     assert mark_earlier_rows.mark(rows, "t", {"blood-v1", "out", "mb"}, "x", "y") == 0
+
+
+def test_target_verdict_says_reached_or_short_and_lists_levers_not_floors():
+    from rows import Target
+
+    target = Target("t.yaml", "m + LP", {5: 50.0}, floor="pixels")
+
+    def scored(label, model, accuracy, reference, paired, *, protocol="inductive"):
+        r = table_row(label, model, accuracy)
+        r.update(protocol=protocol,
+                 paired={"reference": reference, "mean": paired, "ci95": 0.004})
+        return r
+
+    rows = [scored("pixels", "px", 0.37, "pixels", 0.0),
+            scored("m + LP", "m", 0.488, "pixels", 0.118),  # against the floor: no lever
+            scored("m + LP, power", "m", 0.493, "m + LP", 0.005),
+            scored("m + TIM", "m", 0.497, "m + LP", 0.009, protocol="transductive"),
+            scored("m, mixup + LP", "mx", 0.439, "m + LP", -0.049)]
+    lines = run.target_verdict(rows, target)
+    verdict = next(line for line in lines if line.startswith("- 5-shot"))
+    assert "48.8 ± 0.6, not reached (1.2 points short)" in verdict
+    assert "Best other inductive row: m + LP, power, 49.3" in verdict
+    assert "row of any protocol: m + TIM (transductive), 49.7" in verdict
+    levers = [line for line in lines if line.startswith("- m")]
+    assert levers == ["- m + TIM (transductive): +0.9 ± 0.4 vs m + LP",
+                      "- m + LP, power: +0.5 ± 0.4 vs m + LP",
+                      "- m, mixup + LP: -4.9 ± 0.4 vs m + LP"]
+    rows[1]["accuracy"]["mean"] = 0.5
+    assert "50.0 ± 0.6, reached." in "\n".join(run.target_verdict(rows, target))
+    assert run.target_verdict(rows, Target("other.yaml", "m + LP", {5: 50.0}, "px")) == []

@@ -64,12 +64,35 @@ class Group:
     gives, for each head and shots, every seed's accuracy and their spread."""
 
 
+@dataclass
+class Target:
+    """The accuracy (percent, per shots) one row of a task must reach: RESULTS.md says
+    whether it does, which rows came closest, and what each lever measured against a
+    learned encoder was worth."""
+
+    task: str
+    """The task's name, as its rows carry it (`blood-rare-rbc`)."""
+    label: str
+    accuracy: dict[int, float]
+    floor: str
+    """The label of the task's floor row (raw pixels): a difference against it is how far
+    a method gets, not what one lever was worth."""
+    elsewhere: str = ""
+    """Where the levers measured outside these rows are (choices made on val)."""
+
+
 GROUPS: list[Group] = []
+TARGETS: list[Target] = []
 
 
 def register(group: Group) -> Group:
     GROUPS.append(group)
     return group
+
+
+def register_target(target: Target) -> Target:
+    TARGETS.append(target)
+    return target
 
 
 def load_groups() -> list[Group]:
