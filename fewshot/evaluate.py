@@ -119,6 +119,8 @@ class Models:
         self.base_features: dict[str, Tensor | None] = {}
         self.checked: set[str] = set()
         """Digests of unlabeled sets already checked against the pool."""
+        if split == "novel":  # scoring a split that shares a file with training is void
+            task.check_held_apart(by_content=True)
 
     def check_unlabeled(self, unlabeled: Unlabeled) -> str:
         """Refuse unlabeled images that are in the evaluated pool; their digest."""

@@ -235,3 +235,22 @@ def test_training_never_opens_a_novel_file_and_refuses_a_shared_one(tmp_path) ->
     assert refused.returncode == 2
     assert "a file is in both the 'val' and 'novel' splits" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "again").exists()
+
+
+def test_evaluate_refuses_a_task_whose_val_holds_a_copy_of_a_novel_file(tmp_path) -> None:
+    """A byte-identical copy (not a link) of a novel image in val: evaluate, which reads the
+    novel images anyway, compares contents and stops (exit 2, one line naming both)."""
+    import shutil
+
+    task = write_tiny_task(tmp_path)
+    args = ("evaluate", "--model", "pixels", "--head", "simpleshot", "--task", str(task),
+            "--ways", "2", "--shots", "1", "--queries", "2", "--episodes", "3", "--no-wandb")
+    fine = run_cli(*args, cwd=tmp_path)
+    assert fine.returncode == 0, fine.stderr
+    novel = sorted((tmp_path / "data" / "ds" / "c6").iterdir())[0]
+    shutil.copyfile(novel, tmp_path / "data" / "ds" / "c4" / "copy.png")
+    refused = run_cli(*args, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "in both the 'val' and 'novel' splits (the same bytes)" in refused.stderr
+    assert "copy.png" in refused.stderr and novel.name in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ Classes are named `<dataset>/<class folder>`, so two datasets may share folder n
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fewshot.data.files import packaged
+from fewshot.data.files import packaged, sha256_file
 from fewshot.data.folders import list_class_files
 from fewshot.errors import DataError, UsageError
 
@@ -136,21 +137,37 @@ class Task:
         data.groups = self.groups_for(data)
         return data
 
-    def check_held_apart(self) -> None:
-        """No file of a training split (base, val) is also a novel file, by real path (a
-        link or a copy under two class folders): exit 2 naming it, before any training."""
-        novel = {os.path.realpath(p): p for name in self.classes("novel")
-                 for p in list_class_files(self.class_dir(name))[0]}
-        if not novel:
+    def check_held_apart(self, by_content: bool = False) -> None:
+        """No file of a training split (base, val) is also a novel file: exit 2 naming it.
+        By real path (the same file linked under two class folders) always, which opens no
+        file, so training never reads a novel image; with `by_content` also a byte-identical
+        copy in val (sha256), which evaluate checks, since it reads the novel images anyway
+        (val is small; hashing every base image would add seconds to each evaluation, and
+        `fewshot data check` finds copies across a whole folder)."""
+        novel_files = [p for name in self.classes("novel")
+                       for p in list_class_files(self.class_dir(name))[0]]
+        if not novel_files:
             return
-        for split in ("base", "val"):
-            for name in self.classes(split):
-                for path in list_class_files(self.class_dir(name))[0]:
-                    if os.path.realpath(path) in novel:
-                        raise UsageError(f"a file is in both the '{split}' and 'novel' splits",
-                                         f"{path} = {novel[os.path.realpath(path)]}",
-                                         "novel images must never be trained on: remove "
-                                         "the link or move the file")
+        novel = {os.path.realpath(p): p for p in novel_files}
+        training = [(split, path) for split in ("base", "val") for name in self.classes(split)
+                    for path in list_class_files(self.class_dir(name))[0]]
+        for split, path in training:
+            if os.path.realpath(path) in novel:
+                raise UsageError(f"a file is in both the '{split}' and 'novel' splits",
+                                 f"{path} = {novel[os.path.realpath(path)]}",
+                                 "novel images must never be trained on: remove "
+                                 "the link or move the file")
+        if not by_content:
+            return
+        val = [path for split, path in training if split == "val"]
+        with ThreadPoolExecutor() as pool:
+            digests = dict(zip(pool.map(sha256_file, novel_files), novel_files, strict=True))
+            for path, digest in zip(val, pool.map(sha256_file, val), strict=True):
+                if digest in digests:
+                    raise UsageError("a file is in both the 'val' and 'novel' splits "
+                                     "(the same bytes)", f"{path} = {digests[digest]}",
+                                     "novel images must never be trained on: remove one "
+                                     "of the copies")
 
     def groups_for(self, data: SplitData) -> np.ndarray | None:
         """Group ids per image from each dataset's `group` regex (None: no grouping)."""
