@@ -139,3 +139,24 @@ def test_target_verdict_says_reached_or_short_and_lists_levers_not_floors():
     rows[1]["accuracy"]["mean"] = 0.5
     assert "50.0 ± 0.6, reached." in "\n".join(run.target_verdict(rows, target))
     assert run.target_verdict(rows, Target("other.yaml", "m + LP", {5: 50.0}, "px")) == []
+
+
+def test_the_shots_plot_joins_a_model_and_head_across_labels():
+    """The power rows are labelled 'shipped blood-v1 ...' at 1 and 5 shots and 'blood-v1 ...'
+    at 10 and 20: the same model and head, so one curve (it was dropped before)."""
+    import plot_shots
+
+    def shot_row(label, head, shots, accuracy):
+        return {"task": plot_shots.TASK, "label": label, "model": "blood-v1", "head": head,
+                "shots": shots, "protocol": "inductive", "episodes": 600,
+                "accuracy": {"mean": accuracy, "ci95": 0.006}}
+
+    rows = [shot_row("shipped blood-v1 + LP, power", "linear-probe:power=0.5", s, a)
+            for s, a in ((1, 0.39), (5, 0.49))]
+    rows += [shot_row("blood-v1 + LP, power", "linear-probe:power=0.5", s, a)
+             for s, a in ((10, 0.54), (20, 0.59))]
+    rows += [shot_row("blood-v1 + LP", "linear-probe", s, 0.4) for s in (1, 5, 10)]  # no 20
+    found = plot_shots.curves(rows)
+    assert list(found) == ["blood-v1 + LP, power"]
+    assert [found["blood-v1 + LP, power"][s]["mean"] for s in plot_shots.SHOTS] == \
+        [0.39, 0.49, 0.54, 0.59]
