@@ -22,9 +22,11 @@ __all__ = ["__version__", "load"]
 
 
 def load(path: str | Path | None = None) -> BaseModel | Adapted:
-    """A run directory (to adapt) or an adapted model folder (to predict with).
+    """A run directory or shipped model name such as `"blood-v1"` (to adapt), or an
+    adapted model folder (to predict with).
 
-    No path: `runs/latest`, else the quickstart model, trained first if absent.
+    No path: `runs/latest`, else the shipped blood-v1 (the quickstart model is trained
+    first only in a package that ships no model).
     """
     if path is not None and (Path(path) / "adapted.json").is_file():
         from fewshot.adapted import Adapted

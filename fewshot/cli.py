@@ -311,7 +311,8 @@ training_command(
 @app.command("evaluate")
 def evaluate_cmd(
     model: Annotated[list[str], _opt("--model", "-m", metavar="RUN_DIR", help="A run "
-                                     "directory, 'pixels' or 'random:<backbone>' (repeatable; "
+                                     "directory, a shipped model (blood-v1; fewshot list "
+                                     "models), 'pixels' or 'random:<backbone>' (repeatable; "
                                      "the first pair is the reference).")],
     task: Annotated[str | None, _opt("--task", "-t", metavar="FILE", help="Task YAML file, "
                                      "e.g. tasks/blood-rare-rbc.yaml, or a shipped task's "

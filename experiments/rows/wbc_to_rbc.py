@@ -18,6 +18,21 @@ register(Group(
     pairs=[Pair("wbc-v1", "simpleshot", "wbc-v1 + SimpleShot"),
            Pair("wbc-v1", "linear-probe", "wbc-v1 + linear probe")]))
 
+WBC_CURRENT = Stage("wbc-v1-current-recipe", "pretrain", "configs/wbc-v1.yaml",
+                    sets=["train.label_smoothing=0",
+                          "model.embedding={stages: [layer3, layer4], dihedral: true}"])
+"""wbc-v1 with the two changes blood-v1's recipe made since (plain cross-entropy; heads
+read layer3 + layer4 over the 8 flips and rotations): the headline row 'blood-v1's recipe
++ linear probe' on this task, paired against raw pixels."""
+
+register(Group(
+    name="wbc-current-recipe", task=TASK, tier="cpu", stages=[WBC_CURRENT],
+    note="blood-v1's current recipe on the white-cell classes (configs/wbc-v1.yaml with "
+         "label smoothing 0 and blood-v1's embedding)",
+    pairs=[Pair(WBC_CURRENT.name, "simpleshot", "wbc-v1, blood-v1's current recipe + SimpleShot"),
+           Pair(WBC_CURRENT.name, "linear-probe",
+                "wbc-v1, blood-v1's current recipe + linear probe")]))
+
 WBC_SECOND = Stage("wbc-v1-second", "pretrain", "configs/wbc-v1.yaml")
 """wbc-v1's recipe trained a second time for the meta-transfer rows: every other wbc-v1 row
 is of one earlier training whose weights are not kept, and training is not bit-for-bit
