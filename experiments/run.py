@@ -269,8 +269,11 @@ def target_verdict(rows: list[dict], target: Target) -> list[str]:
             seen.add(key)
             levers.append(r)
         if levers:
-            lines += [f"What each lever was worth at {shots}-shot, against the same encoder "
-                      "or head without it (paired, the same episodes; best first):", ""]
+            lines += [f"What each lever was worth at {shots}-shot: every paired difference "
+                      "between rows of learned encoders (the row, minus the reference it names, "
+                      "on the same episodes; best first). A row whose reference has the lever "
+                      "reads as its cost, e.g. an encoder without meta-training against the "
+                      "same encoder with it:", ""]
             lines += [f"- {named(r)}: {100 * r['paired']['mean']:+.1f} ± "
                       f"{100 * r['paired']['ci95']:.1f} vs {r['paired']['reference']}"
                       + ("" if r["episodes"] == full else f" ({r['episodes']} episodes)")
