@@ -6,7 +6,7 @@ the MMD-aligned linear probe (`linear-probe:mmd_weight`) against the plain probe
 the aligned one."""
 
 from rows import Group, Pair, register
-from rows.wbc_to_rbc import TASK, WBC_V1
+from rows.wbc_to_rbc import TASK, WBC_CURRENT, WBC_V1
 
 STREAM = "experiments/runs/unlabeled-rbc"
 """Chula classes neither val nor novel, less near-duplicates of val/novel images
@@ -36,3 +36,12 @@ for name, reference in (("unlabeled-adapt-mmd-probe", "wbc-v1 + linear probe"),
              f"against {against}",
         pairs=[Pair("wbc-v1", MMD_PROBE, f"wbc-v1 + MMD-aligned linear probe ({against} as "
                     "reference)", unlabeled=[STREAM])]))
+
+for head, name in (("simpleshot", "SimpleShot"), ("linear-probe", "linear probe")):
+    register(Group(
+        name=f"unlabeled-adapt-current-{head}", task=TASK, tier="cpu", stages=[WBC_CURRENT],
+        prepare=PREPARE, reference=f"wbc-v1, blood-v1's current recipe + {name}",
+        note="test-time alignment to the same unlabeled red cells, on wbc-v1 trained with "
+             "blood-v1's current recipe (run with wbc-current-recipe)",
+        pairs=[Pair(WBC_CURRENT.name, head, f"wbc-v1, blood-v1's current recipe + {name}, "
+                    "aligned to unlabeled red cells", unlabeled=[STREAM])]))
