@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from run import pct  # experiments/run.py: the results table's "mean ± CI" cell
 
 from fewshot.data.tasks import load_task
 from fewshot.device import pick_device
@@ -90,7 +91,6 @@ def main() -> None:
                     print(out[-1]["pair"], label, shots, out[-1]["paired"], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "val_vs_novel.json").write_text(json.dumps(out, indent=2) + "\n")
-    pct = lambda m: f"{100 * m['mean']:.1f} ± {100 * m['ci95']:.1f}"  # noqa: E731
     lines = ["# Does val rank weights the way novel does?", "",
              "`python experiments/val_vs_novel.py`: two weights of one training run, the "
              "val-selected ones and the last ones, scored with the linear probe on the same "
