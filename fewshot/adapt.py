@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fewshot.alignment import align_head, require_unlabeled
+from fewshot.alignment import align_head, check_keep_batchnorm, require_unlabeled
 from fewshot.assembly import load_model, model_transform
 from fewshot.calibration import fit_temperature, fold_count, out_of_fold_logits, record
 from fewshot.data.files import load_many, sha256_file, try_load
@@ -173,15 +173,17 @@ class BaseModel:
               seed: int = 0, keep_base: bool = False, out: str | Path | None = None,
               score: bool = True, device: str = "cpu", quiet: bool = True,
               calibrate: bool = True, cv: bool = False,
-              unlabeled: list[str | Path] | None = None):
+              unlabeled: list[str | Path] | None = None, keep_batchnorm: bool = False):
         """Adapt to the classes of `folder`; written to `out` when given. `method` is a
         head name, with options as `NAME:KEY=VALUE[,KEY=VALUE]`; `calibrate=False` keeps
         the head's raw softmax (temperature 1); `cv=True` chooses the method by k-fold
         over the support set instead (fewshot.cross_validation); `unlabeled` (folders of
-        the new domain's images) aligns the encoder to them first (fewshot.alignment)."""
+        the new domain's images) aligns the encoder to them first (fewshot.alignment), and
+        `keep_batchnorm` keeps its trained batch-norm statistics while doing so."""
         adapted = adapt_folder(self, folder, shots=shots, method=method, seed=seed,
                                keep_base=keep_base, score=score, device=device, quiet=quiet,
-                               calibrate=calibrate, cv=cv, unlabeled=unlabeled)
+                               calibrate=calibrate, cv=cv, unlabeled=unlabeled,
+                               keep_batchnorm=keep_batchnorm)
         if out is not None:
             adapted.save(out)
         return adapted
@@ -202,10 +204,12 @@ def build_for_adapt(base: BaseModel, method: str, seed: int, options: dict[str, 
 def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | None = None,
                  seed: int = 0, keep_base: bool = False, score: bool = True,
                  device: str = "cpu", quiet: bool = True, calibrate: bool = True,
-                 cv: bool = False, unlabeled: list[str | Path] | None = None):
+                 cv: bool = False, unlabeled: list[str | Path] | None = None,
+                 keep_batchnorm: bool = False):
     """Adapt `base` to the classes of `folder` (see the module docstring); `cv` chooses
     the method by cross-validation over the support set (fewshot.cross_validation);
-    `unlabeled` aligns the encoder to those images before it sees the support set."""
+    `unlabeled` aligns the encoder to those images before it sees the support set
+    (`keep_batchnorm`: only the centring mean)."""
     from fewshot.adapted import Adapted
     from fewshot.data.unlabeled import find_unlabeled, refuse_overlap
 
@@ -215,6 +219,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     if cv and method is not None:
         raise UsageError("--cv chooses the method itself", "--method",
                          "drop --method, or drop --cv")
+    check_keep_batchnorm(keep_batchnorm, bool(unlabeled))
     if cv and unlabeled:
         raise UsageError("--cv does not yet align its candidates to unlabeled images",
                          "--unlabeled", "drop --cv and pick the method, or drop --unlabeled")
@@ -261,7 +266,8 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
             refuse_overlap(found, [p for p, _ in selection.support + selection.heldout],
                            f"the adapt folder {selection.root}", quiet=quiet)
             alignment = {"folders": [str(f) for f in found.folders],
-                         **align_head(head, found.images(size, quiet), transform, dev, quiet)}
+                         **align_head(head, found.images(size, quiet), transform, dev, quiet,
+                                      keep_batchnorm)}
         # the base encoder's view of the support, before any fitting changes the encoder
         base_view = embed(head.encoder, selection.support_images, transform, dev)
         out_of_fold = (calibration_folds(head, method, options, selection.support_images,
@@ -314,12 +320,14 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
                   quiet: bool, use_wandb: bool = True, wandb_options: dict | None = None,
                   calibrate: bool = True,
                   ensemble: list[tuple[Path | RunDir, str | None]] | None = None,
-                  cv: bool = False, unlabeled: list[Path] | None = None) -> Path:
+                  cv: bool = False, unlabeled: list[Path] | None = None,
+                  keep_batchnorm: bool = False) -> Path:
     """`fewshot adapt`: adapt, write the adapted folder, print what was measured.
     `ensemble`: several (model, method) pairs adapted into one averaged model."""
     from fewshot.progress import console
 
     target = out if out is not None else Path("adapted") / Path(folder).resolve().name
+    check_keep_batchnorm(keep_batchnorm, bool(unlabeled))
     if ensemble:
         if cv:
             raise UsageError("--cv adapts one model", "--cv",
@@ -334,7 +342,7 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
           f"{base.meta.backbone})", flush=True)
     adapted = adapt_folder(base, folder, shots=shots, method=method, seed=seed,
                            keep_base=keep_base, device=device, quiet=quiet, calibrate=calibrate,
-                           cv=cv, unlabeled=unlabeled)
+                           cv=cv, unlabeled=unlabeled, keep_batchnorm=keep_batchnorm)
     adapted.save(target)
     m = adapted.metrics
     if not quiet:

@@ -6,7 +6,9 @@ shifted and scaled away from them, and the features collapse. Re-estimating the
 statistics on unlabeled images of the new domain (AdaBN, Li et al. 2016) and centring the
 features on those images' mean, instead of the base classes' mean, removes the first- and
 second-order shift at no training cost. `adapt --unlabeled` and `evaluate --unlabeled`
-apply it to the encoder before any support image is seen. A head that uses the unlabeled
+apply it to the encoder before any support image is seen; with `--keep-batchnorm` the
+trained statistics stay and only the centring mean moves (for an encoder whose features
+the new statistics disturb more than they align: measure both). A head that uses the unlabeled
 images while it fits (`linear-probe:mmd_weight`) gets their features here too, through
 its `use_unlabeled`.
 """
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.data.images import Normalize
+from fewshot.errors import UsageError
 from fewshot.features import embed
 from fewshot.methods.common import centring_mean
 
@@ -52,12 +55,14 @@ def reestimate_batchnorm(encoder: nn.Module, images: Tensor, normalize: Normaliz
 
 
 def align_head(head: nn.Module, images: Tensor, normalize: Normalize,
-               device: torch.device, quiet: bool = True) -> dict[str, Any]:
-    """Re-estimate the head's encoder's batch-norm statistics on unlabeled `images`, then
-    centre the head (when it centres features) on their mean feature, power-transformed
-    like the head's own features. Returns what was done, for the JSON records."""
+               device: torch.device, quiet: bool = True,
+               keep_batchnorm: bool = False) -> dict[str, Any]:
+    """Re-estimate the head's encoder's batch-norm statistics on unlabeled `images` (unless
+    `keep_batchnorm`), then centre the head (when it centres features) on their mean
+    feature, power-transformed like the head's own features. Returns what was done, for
+    the JSON records."""
     encoder = head.encoder
-    layers = reestimate_batchnorm(encoder, images, normalize, device)
+    layers = 0 if keep_batchnorm else reestimate_batchnorm(encoder, images, normalize, device)
     centres = isinstance(getattr(head, "base_mean", None), Tensor)
     wants = hasattr(head, "use_unlabeled")
     if centres or wants:
@@ -67,10 +72,18 @@ def align_head(head: nn.Module, images: Tensor, normalize: Normalize,
         power = getattr(head, "power", None)
         head.base_mean = centring_mean(power, features.mean(0), features).to(
             head.base_mean.device if head.base_mean.numel() else device)
-    record = {"images": len(images), "batchnorm_layers": layers, "centred": centres}
+    record = {"images": len(images), "batchnorm_layers": layers,
+              "batchnorm": "kept" if keep_batchnorm else "re-estimated", "centred": centres}
     if wants:  # a head that fits on them (`use_unlabeled`) keeps their features
         record.update(head.use_unlabeled(features.to(device)))
     return record
+
+
+def check_keep_batchnorm(keep_batchnorm: bool, unlabeled: bool) -> None:
+    """`--keep-batchnorm` means nothing without `--unlabeled`: exit 2, not a silent no-op."""
+    if keep_batchnorm and not unlabeled:
+        raise UsageError("nothing to align without --unlabeled",
+                         "--keep-batchnorm", "pass --unlabeled DIR, or drop --keep-batchnorm")
 
 
 def require_unlabeled(head: nn.Module, given: bool, option: str) -> None:

@@ -65,6 +65,9 @@ UnlabeledOpt = Annotated[list[Path] | None, _opt(
     "--unlabeled", metavar="DIR", help="Unlabeled images of the target domain, any layout "
     "(repeatable); never images a result is measured on: the evaluated split, the adapt "
     "folder, a task's val and novel classes (checked).")]
+KeepBatchnormOpt = Annotated[bool, _opt(
+    "--keep-batchnorm", help="With --unlabeled: keep the encoder's trained batch-norm "
+    "statistics and only re-centre the features on the unlabeled images.")]
 DeviceOpt = Annotated[str | None, _opt("--device", metavar="NAME", help="auto, cpu, cuda or mps.")]
 SeedOpt = Annotated[int | None, _opt("--seed", metavar="S", help="Random seed.")]
 WandbOpt = Annotated[bool | None, _opt("--wandb/--no-wandb",
@@ -358,7 +361,7 @@ def evaluate_cmd(
     plot: Annotated[Path | None, _opt("--plot", metavar="FILE", help="Draw accuracy with CIs "
                                       "and the paired differences into a PNG (needs "
                                       "matplotlib: fewshot[plots]).")] = None,
-    unlabeled: UnlabeledOpt = None,
+    unlabeled: UnlabeledOpt = None, keep_batchnorm: KeepBatchnormOpt = False,
     data_root: DataRootOpt = None, device: DeviceOpt = None, wandb: WandbOpt = None,
     wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
     run_name: RunNameOpt = None, log_model: LogModelOpt = False, quiet: Quiet = False,
@@ -398,7 +401,7 @@ def evaluate_cmd(
                       data_root=data_root, device=device or "auto", slow_episodes=slow_episodes,
                       max_per_class=max_per_class, quiet=quiet, query_imbalance=query_imbalance,
                       relative_to=config.parent if config is not None else None,
-                      ensemble=ensemble, unlabeled=unlabeled)
+                      ensemble=ensemble, unlabeled=unlabeled, keep_batchnorm=keep_batchnorm)
     wide = Console(highlight=False, width=max(screen.width, 140))  # whole numbers in pipes
     wide.print(results_table(result))
     if not quiet:
@@ -444,7 +447,7 @@ def adapt_cmd(
                   ] = False,
     device: Annotated[str, typer.Option("--device", metavar="NAME",
                                         help="auto, cpu, cuda or mps.")] = "auto",
-    unlabeled: UnlabeledOpt = None,
+    unlabeled: UnlabeledOpt = None, keep_batchnorm: KeepBatchnormOpt = False,
     wandb: WandbOpt = None, wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
     run_name: RunNameOpt = None,
     log_model: Annotated[bool, _opt("--log-model", help="Log the adapted folder (without "
@@ -471,7 +474,7 @@ def adapt_cmd(
                   keep_base=keep_base, device=device, quiet=quiet,
                   ensemble=pairs if len(pairs) > 1 else None,
                   use_wandb=wandb is not False, calibrate=calibrate, cv=cv,
-                  unlabeled=unlabeled,
+                  unlabeled=unlabeled, keep_batchnorm=keep_batchnorm,
                   wandb_options={"log_model": log_model,
                                  **wandb_names(wandb_project, wandb_entity, run_name)})
 

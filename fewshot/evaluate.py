@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fewshot.alignment import align_head, require_unlabeled
+from fewshot.alignment import align_head, check_keep_batchnorm, require_unlabeled
 from fewshot.assembly import load_model, model_transform
 from fewshot.data.episodes import EpisodeSampler, Shots, check_shots, parse_shots, shots_json
 from fewshot.data.images import Normalize, decode_all, load_split_images
@@ -206,19 +206,21 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
              max_per_class: int | None = None, cache: Models | None = None,
              relative_to: Path | None = None, query_imbalance: float | None = None,
              ensemble: bool = False, unlabeled: list[str | Path] | None = None,
-             quiet: bool = False) -> dict[str, Any]:
+             keep_batchnorm: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Score every (model, head) pair on the same seeded episodes; returns the JSON dict.
 
     `cache` (a `Models` of the same task, split, seed and pool) reuses features across
     calls, e.g. 1-shot and 5-shot on one embedding. `ensemble` adds a last row that
     scores the mean of every pair's softmax probabilities (on the episodes all pairs
     have), paired against the reference and against each pair it averages. `unlabeled`
-    (folders) aligns every encoder to those images first (fewshot.alignment)."""
+    (folders) aligns every encoder to those images first (fewshot.alignment), re-centring
+    only when `keep_batchnorm`."""
     from fewshot.version import __version__
 
     if split not in ("base", "val", "novel"):
         raise UsageError("unknown split", split, "use base, val or novel")
     shots = check_shots(parse_shots(shots) if isinstance(shots, str) else shots, ways)
+    check_keep_batchnorm(keep_batchnorm, bool(unlabeled))
     dev = pick_device(device)
     pairs = [(spec, parse_head_spec(head) if head else (None, {}))
              for spec, head in pair_up(models, heads)]  # every option checked before any work
@@ -238,10 +240,11 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         alignment = None
         if found:
             alignment = align_head(head, found.images(size, quiet), normalize, cache.device,
-                                   quiet)
+                                   quiet, keep_batchnorm)
         count = episodes if head.feature_based else min(episodes, slow_episodes)
         label = head.name + "".join(f":{k}={v}" for k, v in options.items())
-        key = spec if found is None else f"{spec}|unlabeled:{digest}"
+        key = spec if found is None else \
+            f"{spec}|unlabeled:{digest}{'|kept-batchnorm' if keep_batchnorm else ''}"
         if not installed(head.encoder).plain:  # heads of one model may read it differently
             key += f"|embedding:{installed(head.encoder).describe()}"
         candidates.append(Candidate(spec, label, head, size, normalize, count, key=key,
@@ -296,7 +299,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         "query_imbalance": query_imbalance,
         "unlabeled": None if found is None else {
             "folders": [str(f) for f in found.folders], "images": len(found.paths),
-            "sha256": digest},
+            "sha256": digest, "batchnorm": "kept" if keep_batchnorm else "re-estimated"},
         "results": [summarise(c) for c in candidates],
         "paired": [paired(candidates[0], c) for c in candidates[1:]]
         + [paired(candidates[m], c) for c in candidates if c.members for m in c.members[1:]],

@@ -108,8 +108,9 @@ def model_options(doc: dict[str, Any]) -> str:
     if members:
         return "".join(f" --model {m['base_model']} --method {m['method']}" for m in members)
     model = f" --model {(doc.get('base_model') or {}).get('path')}"
-    unlabeled = "".join(f" --unlabeled {f}"
-                        for f in (doc.get("alignment") or {}).get("folders", []))
+    alignment = doc.get("alignment") or {}
+    unlabeled = "".join(f" --unlabeled {f}" for f in alignment.get("folders", [])) + (
+        " --keep-batchnorm" if alignment.get("batchnorm") == "kept" else "")
     return model + (" --cv" if doc.get("cv") else f" --method {doc['method']}") + unlabeled
 
 
@@ -192,9 +193,11 @@ def render_card(doc: dict[str, Any]) -> str:
         a = doc["alignment"]
         lines += ["", f"Aligned to {a['images']} unlabeled images of the new domain "
                   "(listed with their sha256 in adapted.json) before the support set was "
-                  f"seen: batch-norm statistics of {a['batchnorm_layers']} layers "
-                  "re-estimated on them" + (", features centred on their mean feature"
-                                            if a["centred"] else "")
+                  + ("seen: batch-norm statistics kept as trained"
+                     if a.get("batchnorm") == "kept" else
+                     f"seen: batch-norm statistics of {a['batchnorm_layers']} layers "
+                     "re-estimated on them")
+                  + (", features centred on their mean feature" if a["centred"] else "")
                   + (f", and the probe fitted with an MMD term on {a['mmd_images']} of them"
                      if a.get("mmd_images") else "") + ". None of them is "
                   "an image of the adapt folder (checked by path, content and "

@@ -111,6 +111,8 @@ class Alignment(Document):
     images: int = Field(ge=1)
     batchnorm_layers: int = Field(ge=0)
     """Batch-norm layers whose statistics were re-estimated on the unlabeled images."""
+    batchnorm: Literal["re-estimated", "kept"] = "re-estimated"
+    """`kept` (`--keep-batchnorm`): the trained statistics stayed; only the centre moved."""
     centred: bool
     """The head's centring mean is the unlabeled images' mean feature."""
     mmd_images: int | None = Field(default=None, ge=2)

@@ -78,9 +78,30 @@ def test_centring_mean_becomes_the_unlabeled_mean_feature(power):
                       power=power, base_features=torch.rand(5, encoder.feature_dim))
     batch = images(30, seed=3)
     record = align_head(head, batch, Normalize(), CPU)
-    assert record == {"images": 30, "batchnorm_layers": 4, "centred": True}
+    assert record == {"images": 30, "batchnorm_layers": 4, "batchnorm": "re-estimated",
+                      "centred": True}
     features = embed(head.encoder, batch, Normalize(), CPU)
     torch.testing.assert_close(head.base_mean, power_transform(features, power).mean(0))
+
+
+def test_keep_batchnorm_moves_only_the_centre():
+    torch.manual_seed(0)
+    encoder = build_backbone("conv4", image_size=16, channels=8)
+    head = build_head("simpleshot", encoder, base_mean=torch.zeros(encoder.feature_dim))
+    trained = {k: v.clone() for k, v in head.encoder.state_dict().items()}
+    batch = images(30, seed=3)
+    record = align_head(head, batch, Normalize(), CPU, keep_batchnorm=True)
+    assert record == {"images": 30, "batchnorm_layers": 0, "batchnorm": "kept",
+                      "centred": True}
+    for key, value in head.encoder.state_dict().items():  # running statistics untouched
+        torch.testing.assert_close(value, trained[key], msg=key)
+    # the centre is the unlabeled mean under the trained statistics, not the base mean
+    features = embed(head.encoder, batch, Normalize(), CPU)
+    torch.testing.assert_close(head.base_mean, features.mean(0))
+    assert head.base_mean.abs().sum() > 0
+    realigned = copy.deepcopy(head)
+    align_head(realigned, batch, Normalize(), CPU)  # the default re-estimates them
+    assert not torch.allclose(realigned.base_mean, head.base_mean)
 
 
 def test_unlabeled_folders_in_any_layout(tmp_path, capsys):
@@ -171,7 +192,19 @@ def test_evaluate_aligns_to_unlabeled_images_and_refuses_the_evaluated_split(tmp
     aligned = json.loads((tmp_path / "aligned.json").read_text())
     assert aligned["unlabeled"]["images"] == 12
     assert aligned["results"][0]["alignment"] == {"images": 12, "batchnorm_layers": 4,
-                                                  "centred": True}
+                                                  "batchnorm": "re-estimated", "centred": True}
+    assert aligned["unlabeled"]["batchnorm"] == "re-estimated"
+    kept = run_cli("evaluate", *common, "--unlabeled", str(unlabeled), "--keep-batchnorm",
+                   "--json", str(tmp_path / "kept.json"))
+    assert kept.returncode == 0, kept.stderr
+    kept_doc = json.loads((tmp_path / "kept.json").read_text())
+    assert kept_doc["unlabeled"]["batchnorm"] == "kept"
+    assert kept_doc["results"][0]["alignment"]["batchnorm_layers"] == 0
+    alone = run_cli("evaluate", *common, "--keep-batchnorm")
+    assert alone.returncode == 2
+    assert alone.stderr.strip().splitlines() == [
+        "error: nothing to align without --unlabeled (--keep-batchnorm): pass --unlabeled "
+        "DIR, or drop --keep-batchnorm"]
     plain = run_cli("evaluate", *common, "--json", str(tmp_path / "plain.json"))
     assert plain.returncode == 0, plain.stderr
     assert json.loads((tmp_path / "plain.json").read_text())["unlabeled"] is None
@@ -213,6 +246,18 @@ def test_adapt_records_and_keeps_the_alignment(tmp_path):
     torch.testing.assert_close(saved[first], head.state_dict()[first])
     predicted = run_cli("predict", str(tmp_path / "a"), str(new / "alpha"), "--format", "json")
     assert predicted.returncode == 0, predicted.stderr
+    kept = run_cli("adapt", "--shots", "2", str(new), "--model", str(run), "--method",
+                   "simpleshot", "--unlabeled", str(unlabeled), "--keep-batchnorm",
+                   "--out", str(tmp_path / "k"), "--no-wandb", "--quiet")
+    assert kept.returncode == 0, kept.stderr
+    kept_doc = json.loads((tmp_path / "k" / "adapted.json").read_text())
+    assert kept_doc["alignment"]["batchnorm"] == "kept"
+    kept_card = (tmp_path / "k" / "MODEL_CARD.md").read_text()
+    assert "batch-norm statistics kept as trained" in kept_card
+    assert f"--unlabeled {unlabeled} --keep-batchnorm" in kept_card
+    saved_kept = load_file(tmp_path / "k" / "adapted.safetensors")
+    plain_head, _ = load_model(run, head="simpleshot")  # the trained statistics, as saved
+    torch.testing.assert_close(saved_kept[first], plain_head.state_dict()[first])
     for bad, option in ((["--unlabeled", str(new / "alpha")], "adapt folder"),
                         (["--unlabeled", str(unlabeled), "--cv"], "--cv")):
         refused = run_cli("adapt", "--shots", "2", str(new), "--model", str(run), *bad,

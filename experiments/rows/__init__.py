@@ -35,6 +35,9 @@ class Pair:
     unlabeled: list[str] = field(default_factory=list)
     """Folders (relative to the checkout) of unlabeled target-domain images the encoder
     is aligned to first (`fewshot evaluate --unlabeled`)."""
+    keep_batchnorm: bool = False
+    """With `unlabeled`: re-centre only, keeping the trained batch-norm statistics
+    (`--keep-batchnorm`)."""
     members: list[Pair] = field(default_factory=list)
     """An ensemble row (`fewshot evaluate --ensemble`): the mean of these pairs'
     probabilities, paired against the reference and against each member's own row."""

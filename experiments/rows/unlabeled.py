@@ -45,3 +45,13 @@ for head, name in (("simpleshot", "SimpleShot"), ("linear-probe", "linear probe"
              "blood-v1's current recipe (run with wbc-current-recipe)",
         pairs=[Pair(WBC_CURRENT.name, head, f"wbc-v1, blood-v1's current recipe + {name}, "
                     "aligned to unlabeled red cells", unlabeled=[STREAM])]))
+    register(Group(
+        name=f"unlabeled-adapt-centre-only-{head}", task=TASK, tier="cpu",
+        stages=[WBC_CURRENT], prepare=PREPARE,
+        reference=f"wbc-v1, blood-v1's current recipe + {name}",
+        note="the same alignment without re-estimating batch-norm statistics "
+             "(`--keep-batchnorm`): only the centring mean moves to the unlabeled red cells "
+             "(run with wbc-current-recipe)",
+        pairs=[Pair(WBC_CURRENT.name, head, f"wbc-v1, blood-v1's current recipe + {name}, "
+                    "re-centred on unlabeled red cells (batch-norm kept)",
+                    unlabeled=[STREAM], keep_batchnorm=True)]))
