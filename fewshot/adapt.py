@@ -253,7 +253,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     transform = model_transform(meta)
     extra = base_prototypes if keep_base else None
     cv_record = None
-    found, alignment = None, None
+    found, alignment, trained_view = None, None, None
     folds = fold_count(labels) if calibrate else 0
     if cv:  # the chosen head's out-of-fold logits are also its calibration folds
         cv_record, method, options, head, cv_logits, base_view = cross_validate(
@@ -265,6 +265,8 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
             found = find_unlabeled(unlabeled, quiet)
             refuse_overlap(found, [p for p, _ in selection.support + selection.heldout],
                            f"the adapt folder {selection.root}", quiet=quiet)
+            if not keep_batchnorm:  # the base-domain check needs the trained statistics
+                trained_view = embed(head.encoder, selection.support_images, transform, dev)
             alignment = {"folders": [str(f) for f in found.folders],
                          **align_head(head, found.images(size, quiet), transform, dev, quiet,
                                       keep_batchnorm)}
@@ -301,9 +303,13 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     support_view = base_view if head.feature_based else \
         embed(head.encoder, selection.support_images, transform, dev)
     adapted.support_features = support_view
-    adapted.domain = domain_check(domain_stats, base_view, heldout_features
-                                  if head.feature_based else None, support_view,
-                                  heldout_features)
+    if trained_view is not None:  # the support as the trained encoder saw it
+        adapted.domain = domain_check(domain_stats, trained_view, None, support_view,
+                                      heldout_features, aligned=True)
+    else:
+        adapted.domain = domain_check(domain_stats, base_view, heldout_features
+                                      if head.feature_based else None, support_view,
+                                      heldout_features, aligned=found is not None)
     if adapted.domain["out_of_domain"]:
         warn(warning_line(adapted.domain["base"]))
     elif adapted.domain["note"]:
@@ -330,11 +336,12 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
     check_keep_batchnorm(keep_batchnorm, bool(unlabeled))
     if ensemble:
         if cv:
-            raise UsageError("--cv adapts one model", "--cv",
-                             "give one --model, or drop --cv")
+            raise UsageError("--cv adapts one model with one method", "--cv",
+                             "give at most one --model and one --method, or drop --cv")
         if unlabeled:
-            raise UsageError("--unlabeled aligns one model", "--unlabeled",
-                             "give one --model, or drop --unlabeled")
+            raise UsageError("--unlabeled aligns one model with one method (not an "
+                             "ensemble)", "--unlabeled",
+                             "give at most one --model and one --method, or drop --unlabeled")
         return ensemble_command(folder, shots, ensemble, target, seed, keep_base, device,
                                 quiet, calibrate, use_wandb, wandb_options)
     base = BaseModel(model)
@@ -612,14 +619,19 @@ def calibration_record(out_of_fold: Tensor | None, labels: Tensor, folds: int,
 
 def domain_check(stats: dict[str, Tensor] | None, base_view: Tensor,
                  heldout_base_view: Tensor | None, support_view: Tensor,
-                 heldout_view: Tensor) -> dict[str, Any]:
+                 heldout_view: Tensor, aligned: bool = False) -> dict[str, Any]:
     """adapted.json's `domain`: the support against the base domain, and the reference
-    predict scores images against (fewshot.ood)."""
+    predict scores images against (fewshot.ood). With `aligned` (`--unlabeled`) the base
+    views are the encoder's before alignment: the base statistics were measured with its
+    trained batch-norm statistics, and re-estimated ones would move every image away from
+    them."""
     from fewshot.ood import BASE_MEASURE, base_check, support_threshold
 
     images = base_view if heldout_base_view is None or not len(heldout_base_view) \
         else torch.cat([base_view, heldout_base_view])
     check = base_check(stats, images)
+    if check is not None and aligned:
+        check["before_alignment"] = True
     note = None if check is not None else (
         "base model stores no domain statistics (prototypes.safetensors from an older "
         "fewshot, or none): out-of-domain check against the base domain skipped")

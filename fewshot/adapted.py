@@ -361,7 +361,7 @@ class Adapted(Predictor):
         doc.weights_sha256 = sha256_file(out / WEIGHTS)
         self.draw_reliability(out)
         draw_metrics(self.metrics, out, self.method)
-        card = render_card(doc.as_json())
+        card = render_card(doc.as_json(), (out / RELIABILITY).is_file())
         atomic_write(out / CARD, lambda tmp: tmp.write_text(card, encoding="utf-8"))
         doc.write(out / META)
         return out
@@ -523,7 +523,7 @@ class Ensemble(Predictor):
                                           "ensemble, held-out images",
                                           before="mean of raw softmax",
                                           after="mean of calibrated members")
-        card = render_card(doc.as_json())
+        card = render_card(doc.as_json(), (out / RELIABILITY).is_file())
         atomic_write(out / CARD, lambda tmp: tmp.write_text(card, encoding="utf-8"))
         doc.write(out / META)
         return out

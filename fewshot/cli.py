@@ -63,11 +63,18 @@ DataRootOpt = Annotated[str | None, _opt("--data-root", envvar="FEWSHOT_DATA", m
                                          help="Root of the task's datasets.")]
 UnlabeledOpt = Annotated[list[Path] | None, _opt(
     "--unlabeled", metavar="DIR", help="Unlabeled images of the target domain, any layout "
-    "(repeatable); never images a result is measured on: the evaluated split, the adapt "
-    "folder, a task's val and novel classes (checked).")]
+    "(repeatable); never images a result is measured on (checked: adapt's folder, "
+    "evaluate's split, a training task's val and novel classes).")]
 KeepBatchnormOpt = Annotated[bool, _opt(
     "--keep-batchnorm", help="With --unlabeled: keep the encoder's trained batch-norm "
     "statistics and only re-centre the features on the unlabeled images.")]
+
+
+def absolute(folders: list[Path] | None) -> list[Path] | None:
+    """Folders as absolute paths, so that records and model cards name them from anywhere."""
+    return [folder.resolve() for folder in folders] if folders else None
+
+
 DeviceOpt = Annotated[str | None, _opt("--device", metavar="NAME", help="auto, cpu, cuda or mps.")]
 SeedOpt = Annotated[int | None, _opt("--seed", metavar="S", help="Random seed.")]
 WandbOpt = Annotated[bool | None, _opt("--wandb/--no-wandb",
@@ -401,7 +408,8 @@ def evaluate_cmd(
                       data_root=data_root, device=device or "auto", slow_episodes=slow_episodes,
                       max_per_class=max_per_class, quiet=quiet, query_imbalance=query_imbalance,
                       relative_to=config.parent if config is not None else None,
-                      ensemble=ensemble, unlabeled=unlabeled, keep_batchnorm=keep_batchnorm)
+                      ensemble=ensemble, unlabeled=absolute(unlabeled),
+                      keep_batchnorm=keep_batchnorm)
     wide = Console(highlight=False, width=max(screen.width, 140))  # whole numbers in pipes
     wide.print(results_table(result))
     if not quiet:
@@ -474,7 +482,7 @@ def adapt_cmd(
                   keep_base=keep_base, device=device, quiet=quiet,
                   ensemble=pairs if len(pairs) > 1 else None,
                   use_wandb=wandb is not False, calibrate=calibrate, cv=cv,
-                  unlabeled=unlabeled, keep_batchnorm=keep_batchnorm,
+                  unlabeled=absolute(unlabeled), keep_batchnorm=keep_batchnorm,
                   wandb_options={"log_model": log_model,
                                  **wandb_names(wandb_project, wandb_entity, run_name)})
 

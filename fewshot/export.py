@@ -83,10 +83,11 @@ def members_of(model: Any) -> list[Any]:
     members = list(getattr(model, "members", None) or [model])
     for member in members:
         if getattr(member, "transductive", False):
-            raise UsageError(f"a transductive head ({getattr(member, 'method', 'unknown')}) "
-                             "classifies the images of a call jointly and cannot be exported",
-                             "--format", "adapt with an inductive head (protonet, simpleshot, "
-                             "linear-probe, finetune, maml, fomaml, anil, metasgd)")
+            method = getattr(member, "method", "unknown")
+            raise UsageError(f"a transductive head ({method}) classifies the images of a "
+                             "call jointly and cannot be exported", f"method {method}",
+                             "adapt with an inductive head (protonet, simpleshot, "
+                             "linear-probe, finetune, maml, fomaml, anil, metasgd, siamese)")
     sizes = {int(m.image_size) for m in members}
     if len(sizes) != 1 or int(model.image_size) not in sizes:
         raise DataError("ensemble members have different image sizes", sorted(sizes),
@@ -219,7 +220,8 @@ def export_command(adapted_dir: Path, fmt: str, out: Path | None) -> Path:
     """`fewshot export`: load, refuse what cannot be exported, write; returns the file."""
     from fewshot.adapted import Adapted
 
-    if fmt == "onnx":
-        require_onnx()  # before loading anything
     model = Adapted.load(adapted_dir)
+    members_of(model)  # what no format can export is refused before a missing package
+    if fmt == "onnx":
+        require_onnx()  # before any tracing
     return export(model, fmt, out if out is not None else default_out(adapted_dir, fmt))

@@ -38,7 +38,7 @@ def metrics_section(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def calibration_section(c: dict[str, Any] | None) -> list[str]:
+def calibration_section(c: dict[str, Any] | None, diagram: bool = True) -> list[str]:
     if not c:
         return ["Probabilities are the softmax of the method's scores (no calibration "
                 "recorded)."]
@@ -62,8 +62,8 @@ def calibration_section(c: dict[str, Any] | None) -> list[str]:
                   "bins; Brier: multi-class):", "",
                   "| | before | after |", "|---|---:|---:|",
                   f"| ECE | {c['ece_before']:.3f} | {c['ece_after']:.3f} |",
-                  f"| Brier score | {c['brier_before']:.3f} | {c['brier_after']:.3f} |",
-                  "", "![reliability diagram](reliability.png)"]
+                  f"| Brier score | {c['brier_before']:.3f} | {c['brier_after']:.3f} |"]
+        lines += ["", "![reliability diagram](reliability.png)"] if diagram else []
     return lines
 
 
@@ -76,9 +76,13 @@ def domain_section(d: dict[str, Any] | None) -> list[str]:
     elif base is None:
         lines = [f"Not checked against the base domain here: {d.get('note')}."]
     else:
-        verdict = ("**out of domain**: accuracy may be near the pixel floor; pretrain on "
-                   "this domain or adapt with unlabeled images of it" if base["out_of_domain"]
-                   else "within the encoder's domain")
+        aligned = base.get("before_alignment")
+        remedy = "pretrain on this domain" if aligned else \
+            "pretrain on this domain or adapt with unlabeled images of it"
+        verdict = (f"**out of domain**: accuracy may be near the pixel floor; {remedy}"
+                   if base["out_of_domain"] else "within the encoder's domain") + (
+            " (the encoder as trained, before its alignment to the unlabeled images)"
+            if aligned else "")
         lines = [f"Support and held-out images against the base domain ({d['measure']}): "
                  f"median {base['score']:.2f} over {base['images']} images, threshold "
                  f"{base['threshold']:.2f} (the {base['percentile']:g}th percentile of base "
@@ -132,7 +136,9 @@ def ensemble_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_card(doc: dict[str, Any]) -> str:
+def render_card(doc: dict[str, Any], diagram: bool = True) -> str:
+    """The model card of an adapted folder's document; `diagram`: reliability.png was
+    drawn beside it (it needs matplotlib), so the card may show it."""
     base = doc.get("base_model") or {}
     support = Counter(item["class"] for item in doc.get("support", []))
     heldout = {name: stat["heldout"]
@@ -207,7 +213,7 @@ def render_card(doc: dict[str, Any]) -> str:
     lines += ["", "## Metrics", ""] + metrics_section(doc.get("metrics", {}))
     if doc.get("members"):
         lines += ["", "## Ensemble", ""] + ensemble_section(doc)
-    lines += ["", "## Calibration", ""] + calibration_section(doc.get("calibration"))
+    lines += ["", "## Calibration", ""] + calibration_section(doc.get("calibration"), diagram)
     lines += ["", "## Domain", ""] + domain_section(doc.get("domain"))
     lines += [
         "",

@@ -99,8 +99,14 @@ def support_threshold(support: Tensor, heldout: Tensor) -> dict[str, Any]:
             "reference": "one support image: no reference, out_of_domain not decided"}
 
 
+ALIGNED_REMEDY = ("pretrain an encoder on images of this domain (fewshot pretrain); the "
+                  "check is of the encoder before its alignment to the unlabeled images, and "
+                  "the leave-out accuracy is of the aligned one")
+
+
 def warning_line(check: dict[str, Any]) -> str:
+    remedies = ALIGNED_REMEDY if check.get("before_alignment") else REMEDIES
     return (f"the new classes look out of domain for this encoder: {BASE_MEASURE} "
             f"{check['score']:.2f} (median of {check['images']} images) is above "
             f"{check['threshold']:.2f}, the {check['percentile']:g}th percentile of base "
-            f"images; accuracy may be near the pixel floor. Remedies: {REMEDIES}")
+            f"images; accuracy may be near the pixel floor. Remedies: {remedies}")

@@ -297,7 +297,8 @@ def test_bad_targets_cannot_start(adapted_dirs, tmp_path):
 
 def test_without_onnx_the_error_names_the_extra(monkeypatch, capsys, adapted_dirs, tmp_path):
     """With onnx not importable (hidden from this process), the command line answers one
-    line naming the extra to install, exit 2, before reading the model."""
+    line naming the extra to install, exit 2, before any tracing; a head no format can
+    export is refused for that first (installing the extra would not help)."""
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
     out = tmp_path / "m.onnx"
     code, _, stderr = main_in_process(monkeypatch, capsys, "export",
@@ -308,6 +309,9 @@ def test_without_onnx_the_error_names_the_extra(monkeypatch, capsys, adapted_dir
     assert lines[0].startswith("error: ") and not out.exists()
     with pytest.raises(UsageError, match=re.escape("fewshot[export]")):
         export(Adapted.load(adapted_dirs("protonet")), "onnx", out)  # the Python API too
+    code, _, stderr = main_in_process(monkeypatch, capsys, "export", str(adapted_dirs("tim")),
+                                      "--format", "onnx", "--out", str(out))
+    assert code == 2 and "transductive head (tim)" in stderr and "fewshot[export]" not in stderr
 
 
 # ------------------------------------------------------------------ the README's example

@@ -42,6 +42,7 @@ def test_adapt_draws_confusion_and_per_class_sensitivity(tiny_run, tmp_path) -> 
     for name in ("confusion.png", "per_class.png", "reliability.png"):
         width, height = png_size(out / name)
         assert width > 200 and height > 100, name
+    assert "![reliability diagram](reliability.png)" in (out / "MODEL_CARD.md").read_text()
 
 
 def test_without_matplotlib_adapt_says_so_and_plot_is_an_error(tiny_run, tmp_path,
@@ -53,6 +54,9 @@ def test_without_matplotlib_adapt_says_so_and_plot_is_an_error(tiny_run, tmp_pat
     err = capsys.readouterr().err
     assert "skipped confusion.png and per_class.png" in err and "fewshot[plots]" in err
     assert not (out / "confusion.png").exists() and (out / "adapted.json").is_file()
+    card = (out / "MODEL_CARD.md").read_text()  # no link to a picture that is not there
+    assert not (out / "reliability.png").exists() and "reliability.png" not in card
+    assert "| ECE |" in card  # the numbers are still there
 
     from fewshot import cli
 
@@ -196,6 +200,20 @@ def test_a_pixels_encoder_gets_gradient_times_input(tmp_path) -> None:
     maps, _, method = saliency(model, images)
     assert method == "gradient x input" and maps.shape == (2, SIZE, SIZE)
     assert not torch.allclose(maps[0], maps[1])
+
+
+def test_predict_says_whether_a_transductive_head_used_the_batch(tiny_run, tmp_path) -> None:
+    folder = make_folder(tmp_path / "new", {"alpha": 5, "beta": 5}, size=SIZE, seed=2)
+    out = tmp_path / "tim"
+    BaseModel(tiny_run).adapt(folder, shots=3, method="tim", out=out)
+    images = sorted((folder / "alpha").iterdir())[:2] + sorted((folder / "beta").iterdir())[:2]
+    alone = run_cli("predict", str(out), str(images[0]), cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    assert ("tim is transductive, but with 1 image (fewer than 2 a class) each was "
+            "classified on its own") in alone.stderr
+    batch = run_cli("predict", str(out), *map(str, images), cwd=tmp_path)
+    assert batch.returncode == 0, batch.stderr
+    assert "tim is transductive: the 4 images were classified jointly" in batch.stderr
 
 
 def test_explain_refuses_transductive_heads_and_ensembles(tiny_run, tmp_path) -> None:

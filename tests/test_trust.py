@@ -212,6 +212,27 @@ def other_images(root: Path, per_class: int = 8) -> Path:
     return root
 
 
+def test_the_domain_check_is_of_the_encoder_before_its_alignment(tmp_path) -> None:
+    """Batch-norm statistics re-estimated on other images move every feature away from the
+    base domain's statistics (measured with the trained ones): the check must not then call
+    blood cells out of domain for blood-v1, nor send the user to --unlabeled again."""
+    cells = tmp_path / "cells"
+    assert run_cli("data", "sample", str(cells), cwd=tmp_path).returncode == 0
+    drawings = other_images(tmp_path / "drawings")
+    done = run_cli("adapt", "--shots", "5", str(cells), "--model", "blood-v1", "--method",
+                   "simpleshot", "--unlabeled", str(drawings), "--out", str(tmp_path / "a"),
+                   "--no-wandb", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "out of domain" not in done.stderr
+    doc = json.loads((tmp_path / "a" / "adapted.json").read_text())
+    assert doc["alignment"]["batchnorm_layers"] > 0
+    base = doc["domain"]["base"]
+    assert base["before_alignment"] is True and doc["domain"]["out_of_domain"] is False
+    assert base["images"] == len(doc["support"])  # the support, as the trained encoder saw it
+    assert "before its alignment to the unlabeled images" in (
+        tmp_path / "a" / "MODEL_CARD.md").read_text()
+
+
 def test_blood_v1_warns_for_drawings_and_not_for_blood_cells(tmp_path) -> None:
     cells = tmp_path / "cells"
     assert run_cli("data", "sample", str(cells), cwd=tmp_path).returncode == 0
