@@ -303,13 +303,11 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     support_view = base_view if head.feature_based else \
         embed(head.encoder, selection.support_images, transform, dev)
     adapted.support_features = support_view
-    if trained_view is not None:  # the support as the trained encoder saw it
-        adapted.domain = domain_check(domain_stats, trained_view, None, support_view,
-                                      heldout_features, aligned=True)
-    else:
-        adapted.domain = domain_check(domain_stats, base_view, heldout_features
-                                      if head.feature_based else None, support_view,
-                                      heldout_features, aligned=found is not None)
+    # the base-domain check sees the support as the trained encoder did
+    checked, checked_heldout = (base_view, heldout_features if head.feature_based else None) \
+        if trained_view is None else (trained_view, None)
+    adapted.domain = domain_check(domain_stats, checked, checked_heldout, support_view,
+                                  heldout_features, aligned=found is not None)
     if adapted.domain["out_of_domain"]:
         warn(warning_line(adapted.domain["base"]))
     elif adapted.domain["note"]:
@@ -333,8 +331,8 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
     from fewshot.progress import console
 
     target = out if out is not None else Path("adapted") / Path(folder).resolve().name
-    check_keep_batchnorm(keep_batchnorm, bool(unlabeled))
     if ensemble:
+        check_keep_batchnorm(keep_batchnorm, bool(unlabeled))  # one model: adapt_folder
         if cv:
             raise UsageError("--cv adapts one model with one method", "--cv",
                              "give at most one --model and one --method, or drop --cv")

@@ -272,6 +272,10 @@ class Adapted(Predictor):
     def transductive(self) -> bool:  # type: ignore[override]
         return bool(self.head.transductive)
 
+    def joint(self, images: int) -> bool:
+        """Whether `images` predicted in one call are classified as one problem."""
+        return self.head.joint(images)
+
     @property
     def device(self) -> torch.device:
         # a pixels encoder has no parameters: any tensor of the head tells the device
@@ -466,6 +470,9 @@ class Ensemble(Predictor):
     @property
     def transductive(self) -> bool:  # type: ignore[override]
         return any(m.transductive for m in self.members)
+
+    def joint(self, images: int) -> bool:
+        return any(m.joint(images) for m in self.members)
 
     def probabilities(self, images: Tensor, batch_size: int = 64) -> Tensor:
         return torch.stack([m.probabilities(images, batch_size) for m in self.members]).mean(0)

@@ -73,14 +73,15 @@ def safe_cell(value: object) -> object:
     return value
 
 
-def transductive_note(method: str, records: list[dict], ways: int) -> str:
+def transductive_note(model: Any, records: list[dict]) -> str:
     """What a transductive head did with this call's images: one joint problem, or (too
     few of them) each image on its own by the head's inductive rule."""
     from fewshot.methods.common import MIN_QUERIES_PER_CLASS
 
+    method = model.method
     read = sum(r["error"] is None for r in records)
     images = f"{read} image{'s' if read != 1 else ''}"
-    if read < MIN_QUERIES_PER_CLASS * ways:
+    if not model.joint(read):
         return (f"{method} is transductive, but with {images} (fewer than "
                 f"{MIN_QUERIES_PER_CLASS} a class) each was classified on its own by the "
                 "head's inductive rule; predict a batch for the joint answer")
@@ -102,8 +103,7 @@ def predict_command(adapted_dir: Path, paths: list[Path], out: Path | None, fmt:
                          adapted_dir, "rename that class folder and adapt again")
     records = model.predict(paths, top_k=top_k, reject_below=reject_below, quiet=quiet)
     if model.transductive and not quiet:
-        print(f"note: {transductive_note(model.method, records, len(model.classes))}",
-              file=sys.stderr)
+        print(f"note: {transductive_note(model, records)}", file=sys.stderr)
     text = render(records, model.classes, fmt, top_k or 0)
     if out is None:
         sys.stdout.write(text)

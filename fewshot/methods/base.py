@@ -50,6 +50,11 @@ class FewShotHead(nn.Module):
         """True when a query's logits depend on the other queries of the batch."""
         return False
 
+    def joint(self, queries: int) -> bool:
+        """Whether a batch of `queries` images is classified as one problem; a transductive
+        head may fall back to its inductive rule for a batch too small to use."""
+        return self.transductive
+
     @property
     def protocol(self) -> str:
         return "transductive" if self.transductive else "inductive"

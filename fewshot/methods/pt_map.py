@@ -65,11 +65,14 @@ class PTMAP(FewShotHead):
                                             dim=-1)
         self.support_labels = support_labels
 
+    def joint(self, queries: int) -> bool:
+        return queries >= MIN_QUERIES_PER_CLASS * (int(self.support_labels.max()) + 1)
+
     def forward(self, query: Tensor) -> Tensor:
         query = F.normalize(power_transform(self.encoder(query), self.power), dim=-1)
         support, labels = self.support_features, self.support_labels
         ways = int(labels.max()) + 1
-        inductive = len(query) < MIN_QUERIES_PER_CLASS * ways  # too few to use
+        inductive = not self.joint(len(query))  # too few to use
         centre = (support if inductive else torch.cat([support, query.detach()])).mean(
             0, keepdim=True)
         support = F.normalize(support - centre, dim=-1)

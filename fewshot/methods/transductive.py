@@ -48,9 +48,13 @@ class TransductivePrototypes(FewShotHead):
         """The query batch under the same transform as the support."""
         return transform_features(self.encoder(query), self.power, self.base_mean)
 
+    def joint(self, queries: int) -> bool:
+        """At least MIN_QUERIES_PER_CLASS queries a class on average; fewer: the inductive
+        rule."""
+        return queries >= MIN_QUERIES_PER_CLASS * self.prototypes.shape[0]
+
     def batch_too_small(self, features: Tensor) -> bool:
-        """Fewer than MIN_QUERIES_PER_CLASS queries a class on average: the inductive rule."""
-        return len(features) < MIN_QUERIES_PER_CLASS * self.prototypes.shape[0]
+        return not self.joint(len(features))
 
     def forward(self, query: Tensor) -> Tensor:
         features = self.query_features(query)
