@@ -471,6 +471,8 @@ def calibration_line(c: dict[str, Any]) -> str:
     if c.get("ece_before") is not None:
         line += (f"; held-out ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}, "
                  f"Brier {c['brier_before']:.3f} -> {c['brier_after']:.3f}")
+        if c["ece_after"] > c["ece_before"] and c["fit"] not in ("off", "uncalibrated"):
+            line += " (worse on held-out images: --no-calibrate keeps the raw softmax)"
     return line
 
 

@@ -123,10 +123,12 @@ class Models:
             task.check_held_apart(by_content=True)
 
     def check_unlabeled(self, unlabeled: Unlabeled) -> str:
-        """Refuse unlabeled images that are in the evaluated pool; their digest."""
+        """Refuse unlabeled images that are in the evaluated pool; their digest: the sha256
+        of their files' sha256 hex digests, sorted and joined (the same set of images in any
+        layout or order gives the same digest)."""
         import hashlib
 
-        digest = hashlib.sha256("".join(sorted(unlabeled.hashes)).encode()).hexdigest()[:16]
+        digest = hashlib.sha256("".join(sorted(unlabeled.hashes)).encode()).hexdigest()
         if digest not in self.checked:
             images, data = self.split_images(ANALYSIS_SIZE)
             refuse_overlap(unlabeled, data.paths, f"the evaluated split ({self.split})",

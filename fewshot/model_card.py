@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from fewshot.models.embedding import EmbeddingSpec
@@ -63,6 +64,11 @@ def calibration_section(c: dict[str, Any] | None, diagram: bool = True) -> list[
                   "| | before | after |", "|---|---:|---:|",
                   f"| ECE | {c['ece_before']:.3f} | {c['ece_after']:.3f} |",
                   f"| Brier score | {c['brier_before']:.3f} | {c['brier_after']:.3f} |"]
+        if c["ece_after"] > c["ece_before"] and c["fit"] not in ("off", "uncalibrated"):
+            lines += ["", "**The temperature made the held-out ECE worse**: the support folds "
+                      "it was fitted on did not represent the held-out images (for a "
+                      "transductive method, nor the batch they were classified in). Adapt "
+                      "with `--no-calibrate` to keep the raw softmax, or with more shots."]
         lines += ["", "![reliability diagram](reliability.png)"] if diagram else []
     return lines
 
@@ -107,11 +113,23 @@ def cv_section(c: dict[str, Any]) -> list[str]:
                     "below are the estimate to trust."]
 
 
+def model_argument(path: str | None) -> str | None:
+    """A base model as `--model` takes it: a model shipped in the package by its name (its
+    install path differs from one environment to the next), any other by its path."""
+    from fewshot.data.files import packaged, shipped_model
+
+    name = Path(path).name if path else ""
+    if path and Path(path).parent == packaged("models").resolve() and shipped_model(name):
+        return name
+    return path
+
+
 def model_options(doc: dict[str, Any]) -> str:
     members = doc.get("metrics", {}).get("members") if doc.get("members") else None
     if members:
-        return "".join(f" --model {m['base_model']} --method {m['method']}" for m in members)
-    model = f" --model {(doc.get('base_model') or {}).get('path')}"
+        return "".join(f" --model {model_argument(m['base_model'])} --method {m['method']}"
+                       for m in members)
+    model = f" --model {model_argument((doc.get('base_model') or {}).get('path'))}"
     alignment = doc.get("alignment") or {}
     unlabeled = "".join(f" --unlabeled {f}" for f in alignment.get("folders", [])) + (
         " --keep-batchnorm" if alignment.get("batchnorm") == "kept" else "")

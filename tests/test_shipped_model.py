@@ -53,9 +53,24 @@ def test_adapt_without_a_model_uses_blood_v1_and_predicts(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert NAME in done.stdout.splitlines()[0]
     assert "training the quickstart" not in done.stderr
+    card = (tmp_path / "adapted" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    reproduce = card.rpartition("## Reproduce")[2]
+    assert f"--model {NAME} " in reproduce  # by name: the install path is this machine's
     predicted = run_cli("predict", str(tmp_path / "adapted"), str(sample / "basophil"),
                         cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr
     rows = predicted.stdout.strip().splitlines()
     assert len(rows) == 1 + 60 and rows[0].startswith("path,prediction,probability")
     assert sum(",basophil," in row for row in rows[1:]) > 30  # seen classes: a demo, not evidence
+
+
+def test_a_reproduce_command_names_the_shipped_model_unless_a_folder_would_shadow_it(
+        tmp_path, monkeypatch) -> None:
+    from fewshot.model_card import model_argument
+
+    installed = str(shipped_model(NAME).resolve())
+    monkeypatch.chdir(tmp_path)
+    assert model_argument(installed) == NAME
+    assert model_argument(str(tmp_path / "runs" / NAME)) == str(tmp_path / "runs" / NAME)
+    (tmp_path / NAME).mkdir()  # `--model blood-v1` would now mean this folder
+    assert model_argument(installed) == installed

@@ -114,6 +114,21 @@ def test_no_calibrate_and_one_shot_keep_temperature_one(tiny_run, tmp_path) -> N
     assert one.calibration["fit"] == "uncalibrated" and one.temperature == 1.0
 
 
+def test_a_temperature_that_hurt_held_out_images_is_said_so() -> None:
+    from fewshot.adapt import calibration_line
+    from fewshot.model_card import calibration_section
+
+    record = {"fit": "k-fold", "folds": 3, "proxy": None, "temperature": 0.4, "heldout": 30,
+              "ece_before": 0.187, "brier_before": 0.5, "brier_after": 0.55}
+    worse, better = {**record, "ece_after": 0.218}, {**record, "ece_after": 0.1}
+    assert "worse on held-out images: --no-calibrate" in calibration_line(worse)
+    assert "worse on held-out" not in calibration_line(better)
+    assert "made the held-out ECE worse" in "\n".join(calibration_section(worse))
+    assert "worse" not in "\n".join(calibration_section(better))
+    off = {**worse, "fit": "off", "temperature": 1.0}  # nothing was fitted to blame
+    assert "worse on held-out" not in calibration_line(off)
+
+
 def test_finetune_is_calibrated_through_the_linear_probe_folds(tiny_run, tmp_path) -> None:
     folder = new_classes(tmp_path / "new", 4)
     adapted = BaseModel(tiny_run).adapt(folder, shots=3, method="finetune:steps=2")

@@ -5,6 +5,7 @@ statistics and the centring mean re-estimated on them) in `evaluate` and `adapt`
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -191,6 +192,9 @@ def test_evaluate_aligns_to_unlabeled_images_and_refuses_the_evaluated_split(tmp
     assert out.returncode == 0, out.stderr
     aligned = json.loads((tmp_path / "aligned.json").read_text())
     assert aligned["unlabeled"]["images"] == 12
+    hashes = sorted(hashlib.sha256(f.read_bytes()).hexdigest()
+                    for f in unlabeled.rglob("*") if f.is_file())
+    assert aligned["unlabeled"]["sha256"] == hashlib.sha256("".join(hashes).encode()).hexdigest()
     assert aligned["results"][0]["alignment"] == {"images": 12, "batchnorm_layers": 4,
                                                   "batchnorm": "re-estimated", "centred": True}
     assert aligned["unlabeled"]["batchnorm"] == "re-estimated"
