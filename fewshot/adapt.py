@@ -173,17 +173,19 @@ class BaseModel:
               seed: int = 0, keep_base: bool = False, out: str | Path | None = None,
               score: bool = True, device: str = "cpu", quiet: bool = True,
               calibrate: bool = True, cv: bool = False,
-              unlabeled: list[str | Path] | None = None, keep_batchnorm: bool = False):
+              unlabeled: list[str | Path] | None = None, keep_batchnorm: bool = False,
+              whiten: bool = False):
         """Adapt to the classes of `folder`; written to `out` when given. `method` is a
         head name, with options as `NAME:KEY=VALUE[,KEY=VALUE]`; `calibrate=False` keeps
         the head's raw softmax (temperature 1); `cv=True` chooses the method by k-fold
         over the support set instead (fewshot.cross_validation); `unlabeled` (folders of
         the new domain's images) aligns the encoder to them first (fewshot.alignment), and
-        `keep_batchnorm` keeps its trained batch-norm statistics while doing so."""
+        `keep_batchnorm` keeps its trained batch-norm statistics while doing so; `whiten`
+        also whitens the features with the unlabeled images' covariance."""
         adapted = adapt_folder(self, folder, shots=shots, method=method, seed=seed,
                                keep_base=keep_base, score=score, device=device, quiet=quiet,
                                calibrate=calibrate, cv=cv, unlabeled=unlabeled,
-                               keep_batchnorm=keep_batchnorm)
+                               keep_batchnorm=keep_batchnorm, whiten=whiten)
         if out is not None:
             adapted.save(out)
         return adapted
@@ -205,11 +207,11 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
                  seed: int = 0, keep_base: bool = False, score: bool = True,
                  device: str = "cpu", quiet: bool = True, calibrate: bool = True,
                  cv: bool = False, unlabeled: list[str | Path] | None = None,
-                 keep_batchnorm: bool = False):
+                 keep_batchnorm: bool = False, whiten: bool = False):
     """Adapt `base` to the classes of `folder` (see the module docstring); `cv` chooses
     the method by cross-validation over the support set (fewshot.cross_validation);
     `unlabeled` aligns the encoder to those images before it sees the support set
-    (`keep_batchnorm`: only the centring mean)."""
+    (`keep_batchnorm`: only the centring mean; `whiten`: whitened as well)."""
     from fewshot.adapted import Adapted
     from fewshot.data.unlabeled import find_unlabeled, refuse_overlap
 
@@ -219,7 +221,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     if cv and method is not None:
         raise UsageError("--cv chooses the method itself", "--method",
                          "drop --method, or drop --cv")
-    check_keep_batchnorm(keep_batchnorm, bool(unlabeled))
+    check_keep_batchnorm(keep_batchnorm, bool(unlabeled), whiten)
     if cv and unlabeled:
         raise UsageError("--cv does not yet align its candidates to unlabeled images",
                          "--unlabeled", "drop --cv and pick the method, or drop --unlabeled")
@@ -269,7 +271,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
                 trained_view = embed(head.encoder, selection.support_images, transform, dev)
             alignment = {"folders": [str(f) for f in found.folders],
                          **align_head(head, found.images(size, quiet), transform, dev, quiet,
-                                      keep_batchnorm)}
+                                      keep_batchnorm, whiten)}
         # the base encoder's view of the support, before any fitting changes the encoder
         base_view = embed(head.encoder, selection.support_images, transform, dev)
         out_of_fold = (calibration_folds(head, method, options, selection.support_images,
@@ -325,14 +327,14 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
                   calibrate: bool = True,
                   ensemble: list[tuple[Path | RunDir, str | None]] | None = None,
                   cv: bool = False, unlabeled: list[Path] | None = None,
-                  keep_batchnorm: bool = False) -> Path:
+                  keep_batchnorm: bool = False, whiten: bool = False) -> Path:
     """`fewshot adapt`: adapt, write the adapted folder, print what was measured.
     `ensemble`: several (model, method) pairs adapted into one averaged model."""
     from fewshot.progress import console
 
     target = out if out is not None else Path("adapted") / Path(folder).resolve().name
     if ensemble:
-        check_keep_batchnorm(keep_batchnorm, bool(unlabeled))  # one model: adapt_folder
+        check_keep_batchnorm(keep_batchnorm, bool(unlabeled), whiten)  # one model: adapt_folder
         if cv:
             raise UsageError("--cv adapts one model with one method", "--cv",
                              "give at most one --model and one --method, or drop --cv")
@@ -347,7 +349,8 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
           f"{base.meta.backbone})", flush=True)
     adapted = adapt_folder(base, folder, shots=shots, method=method, seed=seed,
                            keep_base=keep_base, device=device, quiet=quiet, calibrate=calibrate,
-                           cv=cv, unlabeled=unlabeled, keep_batchnorm=keep_batchnorm)
+                           cv=cv, unlabeled=unlabeled, keep_batchnorm=keep_batchnorm,
+                           whiten=whiten)
     adapted.save(target)
     m = adapted.metrics
     if not quiet:

@@ -8,7 +8,11 @@ features on those images' mean, instead of the base classes' mean, removes the f
 second-order shift at no training cost. `adapt --unlabeled` and `evaluate --unlabeled`
 apply it to the encoder before any support image is seen; with `--keep-batchnorm` the
 trained statistics stay and only the centring mean moves (for an encoder whose features
-the new statistics disturb more than they align: measure both). A head that uses the unlabeled
+the new statistics disturb more than they align: measure both). `--whiten` then also
+whitens the centred features with the unlabeled images' covariance (ZCA, shrunk towards
+the identity; `fewshot.methods.common.whitening_matrix`), so that the new domain's own
+directions of variation, not the training domain's, set the distances: on wbc-to-rbc
+it is the step that helps (experiments/RESULTS.md). A head that uses the unlabeled
 images while it fits (`linear-probe:mmd_weight`) gets their features here too, through
 its `use_unlabeled`.
 """
@@ -23,7 +27,7 @@ from torch import Tensor, nn
 from fewshot.data.images import Normalize
 from fewshot.errors import UsageError
 from fewshot.features import embed
-from fewshot.methods.common import centring_mean
+from fewshot.methods.common import centring_mean, power_transform, whitening_matrix
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -54,13 +58,21 @@ def reestimate_batchnorm(encoder: nn.Module, images: Tensor, normalize: Normaliz
     return len(layers)
 
 
+def can_whiten(head: nn.Module) -> bool:
+    return isinstance(getattr(head, "whitening", None), Tensor)
+
+
 def align_head(head: nn.Module, images: Tensor, normalize: Normalize,
                device: torch.device, quiet: bool = True,
-               keep_batchnorm: bool = False) -> dict[str, Any]:
+               keep_batchnorm: bool = False, whiten: bool = False) -> dict[str, Any]:
     """Re-estimate the head's encoder's batch-norm statistics on unlabeled `images` (unless
     `keep_batchnorm`), then centre the head (when it centres features) on their mean
-    feature, power-transformed like the head's own features. Returns what was done, for
-    the JSON records."""
+    feature, power-transformed like the head's own features, and with `whiten` whiten
+    them with those features' covariance. Returns what was done, for the JSON records."""
+    if whiten and not can_whiten(head):
+        raise UsageError(f"method '{head.name}' does not whiten its features", "--whiten",
+                         "use simpleshot, linear-probe or a transductive prototype head "
+                         "(tim, tim-probe, bd-cspn, laplacianshot), or drop --whiten")
     encoder = head.encoder
     layers = 0 if keep_batchnorm else reestimate_batchnorm(encoder, images, normalize, device)
     centres = isinstance(getattr(head, "base_mean", None), Tensor)
@@ -72,18 +84,24 @@ def align_head(head: nn.Module, images: Tensor, normalize: Normalize,
         power = getattr(head, "power", None)
         head.base_mean = centring_mean(power, features.mean(0), features).to(
             head.base_mean.device if head.base_mean.numel() else device)
+        if whiten:
+            head.whitening = whitening_matrix(power_transform(features.float(), power)).to(
+                head.base_mean.device)
     record = {"images": len(images), "batchnorm_layers": layers,
-              "batchnorm": "kept" if keep_batchnorm else "re-estimated", "centred": centres}
+              "batchnorm": "kept" if keep_batchnorm else "re-estimated", "centred": centres,
+              "whitened": bool(whiten)}
     if wants:  # a head that fits on them (`use_unlabeled`) keeps their features
         record.update(head.use_unlabeled(features.to(device)))
     return record
 
 
-def check_keep_batchnorm(keep_batchnorm: bool, unlabeled: bool) -> None:
-    """`--keep-batchnorm` means nothing without `--unlabeled`: exit 2, not a silent no-op."""
-    if keep_batchnorm and not unlabeled:
-        raise UsageError("nothing to align without --unlabeled",
-                         "--keep-batchnorm", "pass --unlabeled DIR, or drop --keep-batchnorm")
+def check_keep_batchnorm(keep_batchnorm: bool, unlabeled: bool, whiten: bool = False) -> None:
+    """`--keep-batchnorm` and `--whiten` mean nothing without `--unlabeled`: exit 2, not a
+    silent no-op."""
+    for flag, given in (("--keep-batchnorm", keep_batchnorm), ("--whiten", whiten)):
+        if given and not unlabeled:
+            raise UsageError("nothing to align without --unlabeled", flag,
+                             f"pass --unlabeled DIR, or drop {flag}")
 
 
 def require_unlabeled(head: nn.Module, given: bool, option: str) -> None:

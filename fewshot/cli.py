@@ -68,6 +68,9 @@ UnlabeledOpt = Annotated[list[Path] | None, _opt(
 KeepBatchnormOpt = Annotated[bool, _opt(
     "--keep-batchnorm", help="With --unlabeled: keep the encoder's trained batch-norm "
     "statistics and only re-centre the features on the unlabeled images.")]
+WhitenOpt = Annotated[bool, _opt(
+    "--whiten", help="With --unlabeled: also whiten the centred features with the unlabeled "
+    "images' covariance (simpleshot, linear-probe, tim, tim-probe, bd-cspn, laplacianshot).")]
 
 
 def absolute(folders: list[Path] | None) -> list[Path] | None:
@@ -369,7 +372,8 @@ def evaluate_cmd(
                                       "and the paired differences into a PNG (needs "
                                       "matplotlib: fewshot[plots]).")] = None,
     unlabeled: UnlabeledOpt = None, keep_batchnorm: KeepBatchnormOpt = False,
-    data_root: DataRootOpt = None, device: DeviceOpt = None, wandb: WandbOpt = None,
+    whiten: WhitenOpt = False, data_root: DataRootOpt = None, device: DeviceOpt = None,
+    wandb: WandbOpt = None,
     wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
     run_name: RunNameOpt = None, log_model: LogModelOpt = False, quiet: Quiet = False,
 ) -> None:
@@ -409,7 +413,7 @@ def evaluate_cmd(
                       max_per_class=max_per_class, quiet=quiet, query_imbalance=query_imbalance,
                       relative_to=config.parent if config is not None else None,
                       ensemble=ensemble, unlabeled=absolute(unlabeled),
-                      keep_batchnorm=keep_batchnorm)
+                      keep_batchnorm=keep_batchnorm, whiten=whiten)
     wide = Console(highlight=False, width=max(screen.width, 140))  # whole numbers in pipes
     wide.print(results_table(result))
     if not quiet:
@@ -456,7 +460,8 @@ def adapt_cmd(
     device: Annotated[str, typer.Option("--device", metavar="NAME",
                                         help="auto, cpu, cuda or mps.")] = "auto",
     unlabeled: UnlabeledOpt = None, keep_batchnorm: KeepBatchnormOpt = False,
-    wandb: WandbOpt = None, wandb_project: ProjectOpt = None, wandb_entity: EntityOpt = None,
+    whiten: WhitenOpt = False, wandb: WandbOpt = None, wandb_project: ProjectOpt = None,
+    wandb_entity: EntityOpt = None,
     run_name: RunNameOpt = None,
     log_model: Annotated[bool, _opt("--log-model", help="Log the adapted folder (without "
                                     "its wandb/ files) as a W&B artifact.")] = False,
@@ -483,7 +488,7 @@ def adapt_cmd(
                   ensemble=pairs if len(pairs) > 1 else None,
                   use_wandb=wandb is not False, calibrate=calibrate, cv=cv,
                   unlabeled=absolute(unlabeled), keep_batchnorm=keep_batchnorm,
-                  wandb_options={"log_model": log_model,
+                  whiten=whiten, wandb_options={"log_model": log_model,
                                  **wandb_names(wandb_project, wandb_entity, run_name)})
 
 

@@ -208,7 +208,8 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
              max_per_class: int | None = None, cache: Models | None = None,
              relative_to: Path | None = None, query_imbalance: float | None = None,
              ensemble: bool = False, unlabeled: list[str | Path] | None = None,
-             keep_batchnorm: bool = False, quiet: bool = False) -> dict[str, Any]:
+             keep_batchnorm: bool = False, whiten: bool = False,
+             quiet: bool = False) -> dict[str, Any]:
     """Score every (model, head) pair on the same seeded episodes; returns the JSON dict.
 
     `cache` (a `Models` of the same task, split, seed and pool) reuses features across
@@ -222,7 +223,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
     if split not in ("base", "val", "novel"):
         raise UsageError("unknown split", split, "use base, val or novel")
     shots = check_shots(parse_shots(shots) if isinstance(shots, str) else shots, ways)
-    check_keep_batchnorm(keep_batchnorm, bool(unlabeled))
+    check_keep_batchnorm(keep_batchnorm, bool(unlabeled), whiten)
     dev = pick_device(device)
     pairs = [(spec, parse_head_spec(head) if head else (None, {}))
              for spec, head in pair_up(models, heads)]  # every option checked before any work
@@ -242,11 +243,12 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         alignment = None
         if found:
             alignment = align_head(head, found.images(size, quiet), normalize, cache.device,
-                                   quiet, keep_batchnorm)
+                                   quiet, keep_batchnorm, whiten)
         count = episodes if head.feature_based else min(episodes, slow_episodes)
         label = head.name + "".join(f":{k}={v}" for k, v in options.items())
         key = spec if found is None else \
-            f"{spec}|unlabeled:{digest}{'|kept-batchnorm' if keep_batchnorm else ''}"
+            f"{spec}|unlabeled:{digest}{'|kept-batchnorm' if keep_batchnorm else ''}" \
+            f"{'|whitened' if whiten else ''}"
         if not installed(head.encoder).plain:  # heads of one model may read it differently
             key += f"|embedding:{installed(head.encoder).describe()}"
         candidates.append(Candidate(spec, label, head, size, normalize, count, key=key,
@@ -301,7 +303,8 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
         "query_imbalance": query_imbalance,
         "unlabeled": None if found is None else {
             "folders": [str(f) for f in found.folders], "images": len(found.paths),
-            "sha256": digest, "batchnorm": "kept" if keep_batchnorm else "re-estimated"},
+            "sha256": digest, "batchnorm": "kept" if keep_batchnorm else "re-estimated",
+            "whitened": whiten},
         "results": [summarise(c) for c in candidates],
         "paired": [paired(candidates[0], c) for c in candidates[1:]]
         + [paired(candidates[m], c) for c in candidates if c.members for m in c.members[1:]],

@@ -132,7 +132,8 @@ def model_options(doc: dict[str, Any]) -> str:
     model = f" --model {model_argument((doc.get('base_model') or {}).get('path'))}"
     alignment = doc.get("alignment") or {}
     unlabeled = "".join(f" --unlabeled {f}" for f in alignment.get("folders", [])) + (
-        " --keep-batchnorm" if alignment.get("batchnorm") == "kept" else "")
+        " --keep-batchnorm" if alignment.get("batchnorm") == "kept" else "") + (
+        " --whiten" if alignment.get("whitened") else "")
     return model + (" --cv" if doc.get("cv") else f" --method {doc['method']}") + unlabeled
 
 
@@ -222,6 +223,7 @@ def render_card(doc: dict[str, Any], diagram: bool = True) -> str:
                      f"seen: batch-norm statistics of {a['batchnorm_layers']} layers "
                      "re-estimated on them")
                   + (", features centred on their mean feature" if a["centred"] else "")
+                  + (" and whitened with their covariance" if a.get("whitened") else "")
                   + (f", and the probe fitted with an MMD term on {a['mmd_images']} of them"
                      if a.get("mmd_images") else "") + ". None of them is "
                   "an image of the adapt folder (checked by path, content and "

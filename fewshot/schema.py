@@ -115,6 +115,8 @@ class Alignment(Document):
     """`kept` (`--keep-batchnorm`): the trained statistics stayed; only the centre moved."""
     centred: bool
     """The head's centring mean is the unlabeled images' mean feature."""
+    whitened: bool = False
+    """`--whiten`: the centred features are whitened with the unlabeled images' covariance."""
     mmd_images: int | None = Field(default=None, ge=2)
     """`linear-probe:mmd_weight`: the unlabeled images its MMD term was fitted on."""
 

@@ -26,7 +26,7 @@ from fewshot.data.unlabeled import ANALYSIS_SIZE, find_unlabeled, refuse_overlap
 from fewshot.errors import DataError, UsageError
 from fewshot.features import embed
 from fewshot.methods import build_head
-from fewshot.methods.common import mmd, power_transform
+from fewshot.methods.common import mmd, power_transform, transform_features, whitening_matrix
 from fewshot.models import build_backbone
 
 CPU = torch.device("cpu")
@@ -80,7 +80,7 @@ def test_centring_mean_becomes_the_unlabeled_mean_feature(power):
     batch = images(30, seed=3)
     record = align_head(head, batch, Normalize(), CPU)
     assert record == {"images": 30, "batchnorm_layers": 4, "batchnorm": "re-estimated",
-                      "centred": True}
+                      "centred": True, "whitened": False}
     features = embed(head.encoder, batch, Normalize(), CPU)
     torch.testing.assert_close(head.base_mean, power_transform(features, power).mean(0))
 
@@ -93,7 +93,7 @@ def test_keep_batchnorm_moves_only_the_centre():
     batch = images(30, seed=3)
     record = align_head(head, batch, Normalize(), CPU, keep_batchnorm=True)
     assert record == {"images": 30, "batchnorm_layers": 0, "batchnorm": "kept",
-                      "centred": True}
+                      "centred": True, "whitened": False}
     for key, value in head.encoder.state_dict().items():  # running statistics untouched
         torch.testing.assert_close(value, trained[key], msg=key)
     # the centre is the unlabeled mean under the trained statistics, not the base mean
@@ -103,6 +103,46 @@ def test_keep_batchnorm_moves_only_the_centre():
     realigned = copy.deepcopy(head)
     align_head(realigned, batch, Normalize(), CPU)  # the default re-estimates them
     assert not torch.allclose(realigned.base_mean, head.base_mean)
+
+
+def test_whitening_matrix_whitens_and_shrinks_towards_the_identity():
+    torch.manual_seed(0)
+    mixing = torch.randn(5, 5)
+    features = torch.randn(4000, 5) @ mixing + 3  # correlated, off-centre
+    exact = whitening_matrix(features, shrinkage=0)
+    torch.testing.assert_close(exact, exact.T)
+    centred = features - features.mean(0)
+    torch.testing.assert_close(torch.cov((centred @ exact).T), torch.eye(5), atol=1e-3,
+                               rtol=1e-3)
+    # shrinkage: each eigenvalue l of the covariance becomes l / (l + s * mean(l))
+    values = torch.linalg.eigvalsh(torch.cov(centred.T).double())
+    shrunk = torch.linalg.eigvalsh(torch.cov((centred @ whitening_matrix(features, 0.1)).T))
+    torch.testing.assert_close(shrunk.double(), values / (values + 0.1 * values.mean()),
+                               atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(whitening_matrix(torch.ones(10, 3)), torch.eye(3))
+
+
+def test_whiten_sets_the_heads_whitening_and_refuses_heads_without_one():
+    torch.manual_seed(0)
+    encoder = build_backbone("conv4", image_size=16, channels=8)
+    batch = images(40, seed=3)
+    for name in ("simpleshot", "linear-probe", "tim", "tim-probe"):
+        head = build_head(name, copy.deepcopy(encoder), base_mean=torch.zeros(encoder.feature_dim))
+        record = align_head(head, batch, Normalize(), CPU, keep_batchnorm=True, whiten=True)
+        assert record["whitened"] and record["batchnorm"] == "kept"
+        features = embed(head.encoder, batch, Normalize(), CPU)
+        torch.testing.assert_close(head.whitening, whitening_matrix(features))
+        expected = transform_features(features, None, features.mean(0), head.whitening)
+        if name == "simpleshot":
+            torch.testing.assert_close(head.eval().embed(Normalize()(batch)), expected, atol=1e-5,
+                                       rtol=1e-4)
+        # whitened unlabeled features have (shrunk) equal spread in every direction
+        spread = torch.linalg.eigvalsh(torch.cov(((features - features.mean(0))
+                                                  @ head.whitening).T))
+        assert spread.max() <= 1 + 1e-4
+    protonet = build_head("protonet", copy.deepcopy(encoder))
+    with pytest.raises(UsageError, match="does not whiten"):
+        align_head(protonet, batch, Normalize(), CPU, whiten=True)
 
 
 def test_unlabeled_folders_in_any_layout(tmp_path, capsys):
@@ -196,7 +236,8 @@ def test_evaluate_aligns_to_unlabeled_images_and_refuses_the_evaluated_split(tmp
                     for f in unlabeled.rglob("*") if f.is_file())
     assert aligned["unlabeled"]["sha256"] == hashlib.sha256("".join(hashes).encode()).hexdigest()
     assert aligned["results"][0]["alignment"] == {"images": 12, "batchnorm_layers": 4,
-                                                  "batchnorm": "re-estimated", "centred": True}
+                                                  "batchnorm": "re-estimated", "centred": True,
+                                                  "whitened": False}
     assert aligned["unlabeled"]["batchnorm"] == "re-estimated"
     kept = run_cli("evaluate", *common, "--unlabeled", str(unlabeled), "--keep-batchnorm",
                    "--json", str(tmp_path / "kept.json"))
@@ -204,6 +245,17 @@ def test_evaluate_aligns_to_unlabeled_images_and_refuses_the_evaluated_split(tmp
     kept_doc = json.loads((tmp_path / "kept.json").read_text())
     assert kept_doc["unlabeled"]["batchnorm"] == "kept"
     assert kept_doc["results"][0]["alignment"]["batchnorm_layers"] == 0
+    whitened = run_cli("evaluate", *common, "--unlabeled", str(unlabeled), "--keep-batchnorm",
+                       "--whiten", "--json", str(tmp_path / "whitened.json"))
+    assert whitened.returncode == 0, whitened.stderr
+    whitened_doc = json.loads((tmp_path / "whitened.json").read_text())
+    assert whitened_doc["unlabeled"]["whitened"] is True
+    assert whitened_doc["results"][0]["alignment"]["whitened"] is True
+    alone = run_cli("evaluate", *common, "--whiten")
+    assert alone.returncode == 2
+    assert alone.stderr.strip().splitlines() == [
+        "error: nothing to align without --unlabeled (--whiten): pass --unlabeled "
+        "DIR, or drop --whiten"]
     alone = run_cli("evaluate", *common, "--keep-batchnorm")
     assert alone.returncode == 2
     assert alone.stderr.strip().splitlines() == [
@@ -262,6 +314,27 @@ def test_adapt_records_and_keeps_the_alignment(tmp_path):
     saved_kept = load_file(tmp_path / "k" / "adapted.safetensors")
     plain_head, _ = load_model(run, head="simpleshot")  # the trained statistics, as saved
     torch.testing.assert_close(saved_kept[first], plain_head.state_dict()[first])
+    white = run_cli("adapt", "--shots", "2", str(new), "--model", str(run), "--method",
+                    "linear-probe", "--unlabeled", str(unlabeled), "--keep-batchnorm",
+                    "--whiten", "--out", str(tmp_path / "w"), "--no-wandb", "--quiet")
+    assert white.returncode == 0, white.stderr
+    assert json.loads((tmp_path / "w" / "adapted.json").read_text())["alignment"]["whitened"]
+    assert "--keep-batchnorm --whiten" in (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    saved_white = load_file(tmp_path / "w" / "adapted.safetensors")
+    probe, _ = load_model(run, head="linear-probe")
+    align_head(probe, decode_all(sorted(unlabeled.rglob("*.png")), 16, quiet=True),
+               model_transform(meta), CPU, keep_batchnorm=True, whiten=True)
+    torch.testing.assert_close(saved_white["whitening"], probe.whitening)
+    from fewshot.adapted import Adapted
+
+    reloaded = Adapted.load(tmp_path / "w")  # the whitening comes back with the weights
+    torch.testing.assert_close(reloaded.head.whitening, probe.whitening)
+    refused = run_cli("adapt", "--shots", "2", str(new), "--model", str(run), "--method",
+                      "protonet", "--unlabeled", str(unlabeled), "--whiten",
+                      "--out", str(tmp_path / "p"), "--no-wandb", "--quiet")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "error: method 'protonet' does not whiten its features (--whiten)")
     for bad, option in ((["--unlabeled", str(new / "alpha")], "adapt folder"),
                         (["--unlabeled", str(unlabeled), "--cv"], "--cv")):
         refused = run_cli("adapt", "--shots", "2", str(new), "--model", str(run), *bad,

@@ -92,10 +92,12 @@ class LinearProbe(FewShotHead):
         self.power = power
         self.register_buffer("base_mean", centring_mean(power, base_mean, base_features),
                              persistent=False)
+        self.register_buffer("whitening", torch.empty(0), persistent=False)
+        """Set by `--unlabeled --whiten` (fewshot.alignment); empty: not whitened."""
         self.linear: nn.Linear | None = None
 
     def embed(self, images: Tensor) -> Tensor:
-        return transform_features(self.encoder(images), self.power, self.base_mean)
+        return transform_features(self.encoder(images), self.power, self.base_mean, self.whitening)
 
     def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
         with torch.no_grad():  # the encoder stays frozen: no graph through it
@@ -128,7 +130,7 @@ class LinearProbe(FewShotHead):
             generator = torch.Generator().manual_seed(self.seed)
             features = features[torch.randperm(len(features), generator=generator)
                                 [:self.mmd_images].to(features.device)]
-        return transform_features(features, self.power, self.base_mean)
+        return transform_features(features, self.power, self.base_mean, self.whitening)
 
     def forward(self, query: Tensor) -> Tensor:
         assert self.linear is not None, "call process_support_set first"

@@ -29,12 +29,16 @@ class SimpleShot(FewShotHead):
         self.power = power
         self.register_buffer("base_mean", centring_mean(power, base_mean, base_features),
                              persistent=False)
+        self.register_buffer("whitening", torch.empty(0), persistent=False)
+        """Set by `--unlabeled --whiten` (fewshot.alignment); empty: not whitened."""
         self.register_buffer("centroids", torch.empty(0), persistent=False)
 
+    def embed(self, images: Tensor) -> Tensor:
+        return transform_features(self.encoder(images), self.power, self.base_mean,
+                                  self.whitening)
+
     def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
-        features = transform_features(self.encoder(support), self.power, self.base_mean)
-        self.centroids = class_means(features, support_labels)
+        self.centroids = class_means(self.embed(support), support_labels)
 
     def forward(self, query: Tensor) -> Tensor:
-        features = transform_features(self.encoder(query), self.power, self.base_mean)
-        return -squared_distances(features, self.centroids)
+        return -squared_distances(self.embed(query), self.centroids)

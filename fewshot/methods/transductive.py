@@ -25,6 +25,8 @@ class TransductivePrototypes(FewShotHead):
         self.temperature, self.power = temperature, power
         self.register_buffer("base_mean", centring_mean(power, base_mean, base_features),
                              persistent=False)
+        self.register_buffer("whitening", torch.empty(0), persistent=False)
+        """Set by `--unlabeled --whiten` (fewshot.alignment); empty: not whitened."""
         self.register_buffer("support_features", torch.empty(0), persistent=False)
         self.register_buffer("support_labels", torch.empty(0, dtype=torch.long),
                              persistent=False)
@@ -36,7 +38,7 @@ class TransductivePrototypes(FewShotHead):
 
     def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
         self.support_features = transform_features(self.encoder(support), self.power,
-                                                   self.base_mean)
+                                                   self.base_mean, self.whitening)
         self.support_labels = support_labels
         self.prototypes = class_means(self.support_features, support_labels)
 
@@ -46,7 +48,7 @@ class TransductivePrototypes(FewShotHead):
 
     def query_features(self, query: Tensor) -> Tensor:
         """The query batch under the same transform as the support."""
-        return transform_features(self.encoder(query), self.power, self.base_mean)
+        return transform_features(self.encoder(query), self.power, self.base_mean, self.whitening)
 
     def joint(self, queries: int) -> bool:
         """At least MIN_QUERIES_PER_CLASS queries a class on average; fewer: the inductive
