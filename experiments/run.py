@@ -109,6 +109,7 @@ def command_of(task: str, pair: Pair, stages: dict[str, Stage], shots: int | str
         parts.append(f"--query-imbalance {query_imbalance}")
     parts += [f"--unlabeled {folder}" for folder in pair.unlabeled]
     parts += ["--keep-batchnorm"] if pair.keep_batchnorm else []
+    parts += ["--whiten"] if pair.whiten else []
     if pair.model in stages:
         stage = stages[pair.model]
         sets = "".join(f" --set {shlex.quote(a)}" for a in stage.sets)
@@ -160,6 +161,7 @@ def score(task: str, chosen: list[tuple[Group, Pair]], shots: int | str,
                     pair.head, count, None if members else head_settings(pair.head)]
         identity += [pair.unlabeled] if pair.unlabeled else []
         identity += ["keep-batchnorm"] if pair.keep_batchnorm else []
+        identity += ["whiten"] if pair.whiten else []
         if members:
             identity += [[m, fingerprint(m), p.head, head_settings(p.head)]
                          for m, p in zip(members, pair.members, strict=True)]
@@ -174,7 +176,7 @@ def score(task: str, chosen: list[tuple[Group, Pair]], shots: int | str,
                           seed=SEED, device="cpu", slow_episodes=count, cache=cache,
                           query_imbalance=query_imbalance, ensemble=bool(members),
                           unlabeled=[ROOT / f for f in pair.unlabeled] or None,
-                          keep_batchnorm=pair.keep_batchnorm)
+                          keep_batchnorm=pair.keep_batchnorm, whiten=pair.whiten)
         row = result["results"][-1]
         row["wall_s"] = round(time.monotonic() - started, 1)
         row["load_average"] = [round(x, 2) for x in os.getloadavg()]

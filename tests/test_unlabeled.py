@@ -319,7 +319,9 @@ def test_adapt_records_and_keeps_the_alignment(tmp_path):
                     "--whiten", "--out", str(tmp_path / "w"), "--no-wandb", "--quiet")
     assert white.returncode == 0, white.stderr
     assert json.loads((tmp_path / "w" / "adapted.json").read_text())["alignment"]["whitened"]
-    assert "--keep-batchnorm --whiten" in (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    white_card = (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    assert "--keep-batchnorm --whiten" in white_card
+    assert "centred on their mean feature and whitened with their covariance" in white_card
     saved_white = load_file(tmp_path / "w" / "adapted.safetensors")
     probe, _ = load_model(run, head="linear-probe")
     align_head(probe, decode_all(sorted(unlabeled.rglob("*.png")), 16, quiet=True),

@@ -38,6 +38,9 @@ class Pair:
     keep_batchnorm: bool = False
     """With `unlabeled`: re-centre only, keeping the trained batch-norm statistics
     (`--keep-batchnorm`)."""
+    whiten: bool = False
+    """With `unlabeled`: also whiten the centred features with the unlabeled images'
+    covariance (`--whiten`)."""
     members: list[Pair] = field(default_factory=list)
     """An ensemble row (`fewshot evaluate --ensemble`): the mean of these pairs'
     probabilities, paired against the reference and against each member's own row."""

@@ -55,3 +55,18 @@ for head, name in (("simpleshot", "SimpleShot"), ("linear-probe", "linear probe"
         pairs=[Pair(WBC_CURRENT.name, head, f"wbc-v1, blood-v1's current recipe + {name}, "
                     "re-centred on unlabeled red cells (batch-norm kept)",
                     unlabeled=[STREAM], keep_batchnorm=True)]))
+    register(Group(
+        name=f"unlabeled-adapt-whiten-{head}", task=TASK, tier="cpu",
+        stages=[WBC_CURRENT], prepare=PREPARE,
+        reference=f"wbc-v1, blood-v1's current recipe + {name}",
+        note="re-centred on the unlabeled red cells and whitened with their covariance "
+             "(`--whiten`, its shrinkage chosen on val: "
+             "experiments/results/whitening_selection.md), with the trained batch-norm "
+             "statistics (`--keep-batchnorm`) and with re-estimated ones (run with "
+             "wbc-current-recipe)",
+        pairs=[Pair(WBC_CURRENT.name, head, f"wbc-v1, blood-v1's current recipe + {name}, "
+                    "re-centred on and whitened with unlabeled red cells (batch-norm kept)",
+                    unlabeled=[STREAM], keep_batchnorm=True, whiten=True),
+               Pair(WBC_CURRENT.name, head, f"wbc-v1, blood-v1's current recipe + {name}, "
+                    "aligned to and whitened with unlabeled red cells",
+                    unlabeled=[STREAM], whiten=True)]))
