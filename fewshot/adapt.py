@@ -21,9 +21,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fewshot.alignment import align_head, check_keep_batchnorm, require_unlabeled
+from fewshot.alignment import align_head, check_alignment_flags, require_unlabeled
 from fewshot.assembly import load_model, model_transform
-from fewshot.calibration import fit_temperature, fold_count, out_of_fold_logits, record
+from fewshot.calibration import (
+    fit_temperature,
+    fold_count,
+    made_worse,
+    out_of_fold_logits,
+    record,
+)
 from fewshot.data.files import load_many, sha256_file, try_load
 from fewshot.device import pick_device
 from fewshot.errors import DataError, UsageError
@@ -221,7 +227,7 @@ def adapt_folder(base: BaseModel, folder: str | Path, shots: int, method: str | 
     if cv and method is not None:
         raise UsageError("--cv chooses the method itself", "--method",
                          "drop --method, or drop --cv")
-    check_keep_batchnorm(keep_batchnorm, bool(unlabeled), whiten)
+    check_alignment_flags(keep_batchnorm, bool(unlabeled), whiten)
     if cv and unlabeled:
         raise UsageError("--cv does not yet align its candidates to unlabeled images",
                          "--unlabeled", "drop --cv and pick the method, or drop --unlabeled")
@@ -334,7 +340,7 @@ def adapt_command(folder: Path, shots: int, model: Path | RunDir, method: str | 
 
     target = out if out is not None else Path("adapted") / Path(folder).resolve().name
     if ensemble:
-        check_keep_batchnorm(keep_batchnorm, bool(unlabeled), whiten)  # one model: adapt_folder
+        check_alignment_flags(keep_batchnorm, bool(unlabeled), whiten)  # one model: adapt_folder
         if cv:
             raise UsageError("--cv adapts one model with one method", "--cv",
                              "give at most one --model and one --method, or drop --cv")
@@ -474,7 +480,7 @@ def calibration_line(c: dict[str, Any]) -> str:
     if c.get("ece_before") is not None:
         line += (f"; held-out ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}, "
                  f"Brier {c['brier_before']:.3f} -> {c['brier_after']:.3f}")
-        if c["ece_after"] > c["ece_before"] and c["fit"] not in ("off", "uncalibrated"):
+        if made_worse(c):
             line += " (worse on held-out images: --no-calibrate keeps the raw softmax)"
     return line
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from fewshot.data.images import Normalize
 from fewshot.errors import UsageError
 from fewshot.features import embed
-from fewshot.methods.common import centring_mean, power_transform, whitening_matrix
+from fewshot.methods.common import power_transform, whitening_matrix
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -81,12 +81,11 @@ def align_head(head: nn.Module, images: Tensor, normalize: Normalize,
         features = embed(encoder, images, normalize, device, quiet=quiet,
                          description="embedding unlabeled images")
     if centres:
-        power = getattr(head, "power", None)
-        head.base_mean = centring_mean(power, features.mean(0), features).to(
+        transformed = power_transform(features.float(), getattr(head, "power", None))
+        head.base_mean = transformed.mean(0).to(  # as centring_mean: the transformed mean
             head.base_mean.device if head.base_mean.numel() else device)
         if whiten:
-            head.whitening = whitening_matrix(power_transform(features.float(), power)).to(
-                head.base_mean.device)
+            head.whitening = whitening_matrix(transformed).to(head.base_mean.device)
     record = {"images": len(images), "batchnorm_layers": layers,
               "batchnorm": "kept" if keep_batchnorm else "re-estimated", "centred": centres,
               "whitened": bool(whiten)}
@@ -95,7 +94,7 @@ def align_head(head: nn.Module, images: Tensor, normalize: Normalize,
     return record
 
 
-def check_keep_batchnorm(keep_batchnorm: bool, unlabeled: bool, whiten: bool = False) -> None:
+def check_alignment_flags(keep_batchnorm: bool, unlabeled: bool, whiten: bool = False) -> None:
     """`--keep-batchnorm` and `--whiten` mean nothing without `--unlabeled`: exit 2, not a
     silent no-op."""
     for flag, given in (("--keep-batchnorm", keep_batchnorm), ("--whiten", whiten)):

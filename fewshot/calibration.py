@@ -31,6 +31,12 @@ classified right out of fold, and then the likelihood alone drives T to 0 (certa
 from fifteen images); the prior keeps T near 1 unless the folds give evidence."""
 
 
+def made_worse(c: dict[str, Any]) -> bool:
+    """A fitted temperature left the held-out ECE higher than the raw softmax had it."""
+    return (c.get("ece_before") is not None and c["ece_after"] > c["ece_before"]
+            and c["fit"] not in ("off", "uncalibrated"))
+
+
 def fold_count(labels: Tensor) -> int:
     """Folds a support set allows: 0 when some class has a single image."""
     smallest = int(torch.bincount(labels).min()) if len(labels) else 0

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fewshot.alignment import align_head, check_keep_batchnorm, require_unlabeled
+from fewshot.alignment import align_head, check_alignment_flags, require_unlabeled
 from fewshot.assembly import load_model, model_transform
 from fewshot.data.episodes import EpisodeSampler, Shots, check_shots, parse_shots, shots_json
 from fewshot.data.images import Normalize, decode_all, load_split_images
@@ -223,7 +223,7 @@ def evaluate(models: list[str], heads: list[str], task: str | Path, *, split: st
     if split not in ("base", "val", "novel"):
         raise UsageError("unknown split", split, "use base, val or novel")
     shots = check_shots(parse_shots(shots) if isinstance(shots, str) else shots, ways)
-    check_keep_batchnorm(keep_batchnorm, bool(unlabeled), whiten)
+    check_alignment_flags(keep_batchnorm, bool(unlabeled), whiten)
     dev = pick_device(device)
     pairs = [(spec, parse_head_spec(head) if head else (None, {}))
              for spec, head in pair_up(models, heads)]  # every option checked before any work

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from fewshot.calibration import made_worse
 from fewshot.models.embedding import EmbeddingSpec
 
 
@@ -64,7 +65,7 @@ def calibration_section(c: dict[str, Any] | None, diagram: bool = True) -> list[
                   "| | before | after |", "|---|---:|---:|",
                   f"| ECE | {c['ece_before']:.3f} | {c['ece_after']:.3f} |",
                   f"| Brier score | {c['brier_before']:.3f} | {c['brier_after']:.3f} |"]
-        if c["ece_after"] > c["ece_before"] and c["fit"] not in ("off", "uncalibrated"):
+        if made_worse(c):
             lines += ["", "**The temperature made the held-out ECE worse**: the support folds "
                       "it was fitted on did not represent the held-out images (for a "
                       "transductive method, nor the batch they were classified in). Adapt "

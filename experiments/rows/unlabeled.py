@@ -37,36 +37,36 @@ for name, reference in (("unlabeled-adapt-mmd-probe", "wbc-v1 + linear probe"),
         pairs=[Pair("wbc-v1", MMD_PROBE, f"wbc-v1 + MMD-aligned linear probe ({against} as "
                     "reference)", unlabeled=[STREAM])]))
 
+def current_group(name: str, label: str, note: str, pairs: list[Pair]) -> None:
+    """A group on wbc-v1 trained with blood-v1's current recipe, referenced to the same
+    head without alignment (run with wbc-current-recipe)."""
+    register(Group(name=name, task=TASK, tier="cpu", stages=[WBC_CURRENT], prepare=PREPARE,
+                   reference=f"wbc-v1, blood-v1's current recipe + {label}",
+                   note=f"{note} (run with wbc-current-recipe)", pairs=pairs))
+
+
 for head, name in (("simpleshot", "SimpleShot"), ("linear-probe", "linear probe")):
-    register(Group(
-        name=f"unlabeled-adapt-current-{head}", task=TASK, tier="cpu", stages=[WBC_CURRENT],
-        prepare=PREPARE, reference=f"wbc-v1, blood-v1's current recipe + {name}",
-        note="test-time alignment to the same unlabeled red cells, on wbc-v1 trained with "
-             "blood-v1's current recipe (run with wbc-current-recipe)",
-        pairs=[Pair(WBC_CURRENT.name, head, f"wbc-v1, blood-v1's current recipe + {name}, "
-                    "aligned to unlabeled red cells", unlabeled=[STREAM])]))
-    register(Group(
-        name=f"unlabeled-adapt-centre-only-{head}", task=TASK, tier="cpu",
-        stages=[WBC_CURRENT], prepare=PREPARE,
-        reference=f"wbc-v1, blood-v1's current recipe + {name}",
-        note="the same alignment without re-estimating batch-norm statistics "
-             "(`--keep-batchnorm`): only the centring mean moves to the unlabeled red cells "
-             "(run with wbc-current-recipe)",
-        pairs=[Pair(WBC_CURRENT.name, head, f"wbc-v1, blood-v1's current recipe + {name}, "
-                    "re-centred on unlabeled red cells (batch-norm kept)",
-                    unlabeled=[STREAM], keep_batchnorm=True)]))
-    register(Group(
-        name=f"unlabeled-adapt-whiten-{head}", task=TASK, tier="cpu",
-        stages=[WBC_CURRENT], prepare=PREPARE,
-        reference=f"wbc-v1, blood-v1's current recipe + {name}",
-        note="re-centred on the unlabeled red cells and whitened with their covariance "
-             "(`--whiten`, its shrinkage chosen on val: "
-             "experiments/results/whitening_selection.md), with the trained batch-norm "
-             "statistics (`--keep-batchnorm`) and with re-estimated ones (run with "
-             "wbc-current-recipe)",
-        pairs=[Pair(WBC_CURRENT.name, head, f"wbc-v1, blood-v1's current recipe + {name}, "
-                    "re-centred on and whitened with unlabeled red cells (batch-norm kept)",
-                    unlabeled=[STREAM], keep_batchnorm=True, whiten=True),
-               Pair(WBC_CURRENT.name, head, f"wbc-v1, blood-v1's current recipe + {name}, "
-                    "aligned to and whitened with unlabeled red cells",
-                    unlabeled=[STREAM], whiten=True)]))
+    row = f"wbc-v1, blood-v1's current recipe + {name}"
+    current_group(
+        f"unlabeled-adapt-current-{head}", name,
+        "test-time alignment to the same unlabeled red cells, on wbc-v1 trained with "
+        "blood-v1's current recipe",
+        [Pair(WBC_CURRENT.name, head, f"{row}, aligned to unlabeled red cells",
+              unlabeled=[STREAM])])
+    current_group(
+        f"unlabeled-adapt-centre-only-{head}", name,
+        "the same alignment without re-estimating batch-norm statistics "
+        "(`--keep-batchnorm`): only the centring mean moves to the unlabeled red cells",
+        [Pair(WBC_CURRENT.name, head, f"{row}, re-centred on unlabeled red cells "
+              "(batch-norm kept)", unlabeled=[STREAM], keep_batchnorm=True)])
+    current_group(
+        f"unlabeled-adapt-whiten-{head}", name,
+        "re-centred on the unlabeled red cells and whitened with their covariance "
+        "(`--whiten`, its shrinkage chosen on val: "
+        "experiments/results/whitening_selection.md), with the trained batch-norm "
+        "statistics (`--keep-batchnorm`) and with re-estimated ones",
+        [Pair(WBC_CURRENT.name, head, f"{row}, re-centred on and whitened with unlabeled "
+              "red cells (batch-norm kept)", unlabeled=[STREAM], keep_batchnorm=True,
+              whiten=True),
+         Pair(WBC_CURRENT.name, head, f"{row}, aligned to and whitened with unlabeled red "
+              "cells", unlabeled=[STREAM], whiten=True)])
