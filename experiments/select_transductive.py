@@ -52,6 +52,9 @@ def main() -> None:
                         help="score these heads (beside the linear probe) on the same episodes "
                              "and write them as the file's 'Further candidates' section, "
                              "leaving the rest of it as it is")
+    parser.add_argument("--section", default="Further candidates",
+                        help="the title of the section --extra writes (one per family of "
+                             "candidates, so a later family leaves an earlier one's table)")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     started, load = time.time(), os.getloadavg()[0]
@@ -80,14 +83,17 @@ def main() -> None:
 
 
 def write_extra(args: argparse.Namespace, table: list[str]) -> None:
-    """Replace (or add) the 'Further candidates' section; the main table and the choice
-    written below it stay."""
-    title = "## Further candidates"
+    """Replace (or add) the `--section` section; the main table, the choice written
+    below it and the other sections stay."""
+    title = f"## {args.section}"
     text = OUT.read_text(encoding="utf-8") if OUT.is_file() else ""
     before, found, after = text.partition(f"\n{title}\n")
     rest = after.partition("\n## ")[2] if found else ""
+    section_flag = ("" if args.section == "Further candidates"
+                    else f" --section '{args.section}'")
     section = [title, "", f"`python experiments/select_transductive.py --episodes "
-               f"{args.episodes} --extra {' '.join(args.extra)}`: the same val episodes.", "",
+               f"{args.episodes} --extra {' '.join(args.extra)}{section_flag}`: the same val "
+               "episodes.", "",
                *table]
     OUT.write_text(before.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
                    + (f"\n## {rest}" if rest else ""), encoding="utf-8")

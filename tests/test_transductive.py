@@ -75,7 +75,8 @@ def test_uses_the_query_batch_and_says_so(name: str) -> None:
     assert torch.allclose(few, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["bd-cspn", "tim", "tim-probe", "laplacianshot"])
+@pytest.mark.parametrize("name", ["bd-cspn", "tim", "tim-probe", "laplacianshot",
+                                  "whitened-probe"])
 def test_is_deterministic(name: str) -> None:
     first = build_head(name, nn.Identity())
     second = build_head(name, nn.Identity())
@@ -182,3 +183,54 @@ def test_laplacianshot_on_the_probe_smooths_the_probe() -> None:
     torch.testing.assert_close(flat(query), probe(query))  # no graph: the probe's logits
     assert not torch.allclose(smoothed(query), probe(query))
     torch.testing.assert_close(smoothed(query[:3]), probe(query[:3]))  # too few: the probe
+
+
+def test_whitened_probe_is_the_probe_on_features_recentred_on_the_batch() -> None:
+    import torch.nn.functional as F
+
+    from fewshot.errors import UsageError
+    from fewshot.methods.linear_probe import train_linear
+
+    base_mean = torch.full((32,), 1.0)
+    head = build_head("whitened-probe", nn.Identity(), base_mean=base_mean, whiten=False)
+    probe = build_head("linear-probe", nn.Identity(), base_mean=base_mean)
+    assert head.transductive and head.protocol == "transductive" and head.feature_based
+    support, labels, query, _ = next(episodes(1, shots=1))
+    for h in (head, probe):
+        h.process_support_set(support, labels)
+    # by hand: the usual transform, then centred on the whole batch's mean and normalised
+    joint = F.normalize(torch.cat([support, query]) - base_mean, dim=-1)
+    joint = F.normalize(joint - joint.mean(0), dim=-1)
+    expected = train_linear(joint[:len(support)], labels, head.steps, head.lr,
+                            head.temperature)(joint[len(support):])
+    assert torch.allclose(head(query), expected, atol=1e-5)
+    assert not torch.allclose(head(query[:1]), head(query)[:1])  # depends on the batch...
+    assert torch.allclose(head(query[:3]), probe(query[:3]), atol=1e-5)  # ...unless too small
+    with pytest.raises(UsageError, match="shrinkage"):
+        build_head("whitened-probe", nn.Identity(), shrinkage=0)
+
+
+def test_whitening_with_the_batch_undoes_a_stretched_nuisance_direction() -> None:
+    """Classes differ along small directions; a few directions of large variance carry
+    nothing. Whitened with the batch's covariance, they stop dominating the cosine."""
+    generator = torch.Generator().manual_seed(3)
+    dim, ways, shots, queries = 32, 5, 1, 15
+    stretch = torch.ones(dim)
+    stretch[:4] = 8.0
+
+    def accuracy_of(head) -> float:
+        hits = []
+        for _ in range(30):
+            centres = torch.randn(ways, dim, generator=generator) * 0.8
+            centres[:, :4] = 0
+            support, query = (centres.repeat_interleave(n, 0)
+                              + torch.randn(ways * n, dim, generator=generator) * stretch
+                              for n in (shots, queries))
+            head.process_support_set(support, torch.arange(ways).repeat_interleave(shots))
+            truth = torch.arange(ways).repeat_interleave(queries)
+            hits.append((head(query).argmax(-1) == truth).float().mean().item())
+        return sum(hits) / len(hits)
+
+    whitened = accuracy_of(build_head("whitened-probe", nn.Identity()))
+    plain = accuracy_of(build_head("linear-probe", nn.Identity()))
+    assert whitened > plain + 0.05, (whitened, plain)

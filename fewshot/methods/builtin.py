@@ -15,4 +15,5 @@ from fewshot.methods import (  # noqa: F401
     simpleshot,
     tim,
     tim_probe,
+    whitened_probe,
 )
