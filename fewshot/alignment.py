@@ -72,7 +72,7 @@ def align_head(head: nn.Module, images: Tensor, normalize: Normalize,
     if whiten and not can_whiten(head):
         raise UsageError(f"method '{head.name}' does not whiten its features", "--whiten",
                          "use simpleshot, linear-probe or a transductive prototype head "
-                         "(tim, tim-probe, whitened-probe, bd-cspn, laplacianshot), or drop "
+                         "(tim, tim-probe, batch-centred-probe, bd-cspn, laplacianshot), or drop "
                          "--whiten")
     encoder = head.encoder
     layers = 0 if keep_batchnorm else reestimate_batchnorm(encoder, images, normalize, device)

@@ -39,7 +39,7 @@ screen = Console(highlight=False, soft_wrap=True)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors.")]
 HEAD_NAMES = ("protonet, simpleshot, linear-probe, finetune, maml, fomaml, anil, metasgd, "
-              "bd-cspn, tim, tim-probe, whitened-probe, pt-map, laplacianshot, siamese")
+              "bd-cspn, tim, tim-probe, batch-centred-probe, pt-map, laplacianshot, siamese")
 """The built-in heads, for help texts (which must not import torch to list them)."""
 
 
@@ -70,7 +70,7 @@ KeepBatchnormOpt = Annotated[bool, _opt(
     "statistics and only re-centre the features on the unlabeled images.")]
 WhitenOpt = Annotated[bool, _opt(
     "--whiten", help="With --unlabeled: also whiten the centred features with the unlabeled "
-    "images' covariance (simpleshot, linear-probe, tim, tim-probe, whitened-probe, bd-cspn, "
+    "images' covariance (simpleshot, linear-probe, tim, tim-probe, batch-centred-probe, bd-cspn, "
     "laplacianshot).")]
 
 

@@ -60,7 +60,7 @@ def test_power_centres_on_the_mean_of_transformed_base_features() -> None:
 
 
 @pytest.mark.parametrize("name", ["linear-probe", "bd-cspn", "tim", "tim-probe",
-                                  "laplacianshot", "whitened-probe"])
+                                  "laplacianshot", "batch-centred-probe"])
 def test_other_heads_take_the_same_transform(name: str) -> None:
     base = torch.rand(30, 8, generator=torch.Generator().manual_seed(1))
     head = build_head(name, nn.Identity(), power=0.5, base_features=base)
@@ -150,7 +150,7 @@ def test_pt_map_uses_the_batch_is_deterministic_and_falls_back() -> None:
 
 
 @pytest.mark.parametrize("method", ["pt-map", "tim-probe", "laplacianshot",
-                                    "laplacianshot:probe=true", "whitened-probe"])
+                                    "laplacianshot:probe=true", "batch-centred-probe"])
 def test_a_transductive_head_adapts_and_predicts_jointly(run, tmp_path, method) -> None:
     _, path = run
     folder = make_folder(tmp_path / "new", {"alpha": 8, "beta": 8}, size=16, seed=4)

@@ -35,3 +35,20 @@ for imbalance in (None, 2.0):
         pairs=[Pair("blood-v1", "linear-probe", f"shipped blood-v1 + linear probe{suffix}")]
         + [Pair("blood-v1", head, f"shipped blood-v1 + {label} (transductive){suffix}")
            for head, label in TRANSDUCTIVE]))
+
+BATCH_CENTRED = [("batch-centred-probe", "the linear probe, features centred on the batch")]
+"""batch-centred-probe (chosen on val by experiments/select_transductive.py, section
+'Re-centred on the batch'); a group of its own so that adding it did not re-score the rows
+above."""
+for imbalance in (None, 2.0):
+    suffix = "" if imbalance is None else ", imbalanced queries"
+    register(Group(
+        name="embedding-batch-centred" + ("" if imbalance is None else "-imbalanced"),
+        task=TASK, tier="cpu", query_imbalance=imbalance,
+        note="batch-centred-probe on the shipped blood-v1's embedding: features re-centred on "
+             "the mean of the support and query images, against the linear probe on the "
+             "same embedding and episodes",
+        reference=f"shipped blood-v1 + linear probe{suffix}",
+        pairs=[Pair("blood-v1", "linear-probe", f"shipped blood-v1 + linear probe{suffix}")]
+        + [Pair("blood-v1", head, f"shipped blood-v1 + {label} (transductive){suffix}")
+           for head, label in BATCH_CENTRED]))

@@ -2,6 +2,7 @@
 
 from fewshot.methods import (  # noqa: F401
     anil,
+    batch_centred_probe,
     bd_cspn,
     finetune,
     fomaml,
@@ -15,5 +16,4 @@ from fewshot.methods import (  # noqa: F401
     simpleshot,
     tim,
     tim_probe,
-    whitened_probe,
 )
