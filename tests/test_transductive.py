@@ -214,7 +214,7 @@ def test_centring_on_the_batch_removes_an_offset_the_base_mean_misses() -> None:
     """New classes that share an offset from the base mean: after L2 normalisation the
     offset dominates every cosine, unless the batch's own mean removes it."""
     offset = torch.zeros(32)
-    offset[0] = 6.0
+    offset[0] = 20.0
 
     def accuracy_of(head) -> float:
         hits = []
@@ -226,4 +226,4 @@ def test_centring_on_the_batch_removes_an_offset_the_base_mean_misses() -> None:
     base_mean = torch.full((32,), 1.0)  # right for the base classes, not for these
     centred = accuracy_of(build_head("batch-centred-probe", nn.Identity(), base_mean=base_mean))
     plain = accuracy_of(build_head("linear-probe", nn.Identity(), base_mean=base_mean))
-    assert centred > plain + 0.05, (centred, plain)
+    assert centred > plain + 0.03, (centred, plain)

@@ -10,10 +10,10 @@ recipe, with TIM and tim-probe only: the other heads lost to the probe on every 
 LaplacianShot came later: its rows are a group of their own (with the same reference on
 the same episodes), so adding it did not re-score the others."""
 
-from rows import Group, Pair, Stage, register
+from rows import Group, Pair, register
 from rows.blood_rare_rbc import PREPARE_OUTPUT, SHIPPED_OUTPUT
 from rows.blood_rare_rbc import TASK as BLOOD_TASK
-from rows.embedding import BATCH_CENTRED, TRANSDUCTIVE
+from rows.embedding import TRANSDUCTIVE
 from rows.wbc_to_rbc import TASK as WBC_TASK
 from rows.wbc_to_rbc import WBC_CURRENT, WBC_V1
 
@@ -54,22 +54,3 @@ for imbalance in (None, 2.0):
         pairs=[Pair(WBC_CURRENT.name, "linear-probe", f"{CURRENT} + linear probe{suffix}")]
         + [Pair(WBC_CURRENT.name, head, f"{CURRENT} + {label} (transductive){suffix}")
            for head, label in TRANSDUCTIVE]))
-
-WBC_CURRENT_AGAIN = Stage("wbc-v1-current-recipe-again", "pretrain", "configs/wbc-v1.yaml",
-                          sets=WBC_CURRENT.sets)
-"""blood-v1's current recipe on the white cells trained once more, for batch-centred-probe: the
-weights the other current-recipe rows were scored on are not kept, and training is not
-bit-for-bit repeatable, so this group carries its own reference on its own weights."""
-AGAIN = "wbc-v1, blood-v1's current recipe (trained again)"
-for imbalance in (None, 2.0):
-    suffix = "" if imbalance is None else ", imbalanced queries"
-    register(Group(
-        name="transductive-batch-centred-wbc" + ("" if imbalance is None else "-imbalanced"),
-        task=WBC_TASK, tier="cpu", stages=[WBC_CURRENT_AGAIN], query_imbalance=imbalance,
-        note="batch-centred-probe (features re-centred on the mean of the support and query "
-             "images) on wbc-v1 trained with blood-v1's current recipe, against the linear "
-             "probe on the same encoder and episodes",
-        reference=f"{AGAIN} + linear probe{suffix}",
-        pairs=[Pair(WBC_CURRENT_AGAIN.name, "linear-probe", f"{AGAIN} + linear probe{suffix}")]
-        + [Pair(WBC_CURRENT_AGAIN.name, head, f"{AGAIN} + {label} (transductive){suffix}")
-           for head, label in BATCH_CENTRED]))
