@@ -25,7 +25,7 @@ from rich.progress import (
 
 T = TypeVar("T")
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def make_progress(quiet: bool = False) -> Progress:

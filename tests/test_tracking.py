@@ -89,3 +89,14 @@ def test_no_wandb_leaves_no_wandb_folder(tmp_path: Path) -> None:
                      "--no-wandb", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "wandb").exists()
+
+
+def test_console_messages_keep_square_brackets() -> None:
+    """Install hints (`fewshot[plots]`) and class or file names with brackets are printed
+    as written, not read as console markup and dropped."""
+    from fewshot import plots
+    from fewshot.progress import console
+
+    with console.capture() as captured:
+        console.print(f"note: skipped curves.png ({plots.INSTALL_HINT}); class [rare]/x.png")
+    assert "'fewshot[plots]'" in captured.get() and "[rare]/x.png" in captured.get()
