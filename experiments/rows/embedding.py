@@ -23,32 +23,34 @@ TRANSDUCTIVE = [("tim", "TIM"), ("tim-probe", "TIM on the linear probe"),
 """The heads' defaults (balance weight 0.1, chosen on val by
 experiments/select_transductive.py), then the earlier default (weight 1) on the same
 episodes, which shows what the choice was worth on novel."""
-for imbalance in (None, 2.0):
-    suffix = "" if imbalance is None else ", imbalanced queries"
-    register(Group(
-        name="embedding-transductive" + ("" if imbalance is None else "-imbalanced"),
-        task=TASK, tier="cpu", query_imbalance=imbalance,
-        note="TIM and tim-probe on the shipped blood-v1's embedding, against the linear "
-             "probe on the same embedding and episodes (balance weight 0.1, their default, "
-             "and 1, the earlier default)",
-        reference=f"shipped blood-v1 + linear probe{suffix}",
-        pairs=[Pair("blood-v1", "linear-probe", f"shipped blood-v1 + linear probe{suffix}")]
-        + [Pair("blood-v1", head, f"shipped blood-v1 + {label} (transductive){suffix}")
-           for head, label in TRANSDUCTIVE]))
-
 BATCH_CENTRED = [("batch-centred-probe", "the linear probe, features centred on the batch")]
 """batch-centred-probe (chosen on val by experiments/select_transductive.py, section
 'Re-centred on the batch'); a group of its own so that adding it did not re-score the rows
-above."""
-for imbalance in (None, 2.0):
-    suffix = "" if imbalance is None else ", imbalanced queries"
-    register(Group(
-        name="embedding-batch-centred" + ("" if imbalance is None else "-imbalanced"),
-        task=TASK, tier="cpu", query_imbalance=imbalance,
-        note="batch-centred-probe on the shipped blood-v1's embedding: features re-centred on "
-             "the mean of the support and query images, against the linear probe on the "
-             "same embedding and episodes",
-        reference=f"shipped blood-v1 + linear probe{suffix}",
-        pairs=[Pair("blood-v1", "linear-probe", f"shipped blood-v1 + linear probe{suffix}")]
-        + [Pair("blood-v1", head, f"shipped blood-v1 + {label} (transductive){suffix}")
-           for head, label in BATCH_CENTRED]))
+of TRANSDUCTIVE."""
+
+
+def transductive_groups(name: str, heads: list[tuple[str, str]], note: str) -> None:
+    """Balanced and imbalanced (`-imbalanced`) groups of transductive heads on the shipped
+    blood-v1's embedding, each against the linear probe on the same embedding and
+    episodes."""
+    for imbalance in (None, 2.0):
+        suffix = "" if imbalance is None else ", imbalanced queries"
+        register(Group(
+            name=name + ("" if imbalance is None else "-imbalanced"),
+            task=TASK, tier="cpu", query_imbalance=imbalance, note=note,
+            reference=f"shipped blood-v1 + linear probe{suffix}",
+            pairs=[Pair("blood-v1", "linear-probe", f"shipped blood-v1 + linear probe{suffix}")]
+            + [Pair("blood-v1", head, f"shipped blood-v1 + {label} (transductive){suffix}")
+               for head, label in heads]))
+
+
+transductive_groups(
+    "embedding-transductive", TRANSDUCTIVE,
+    "TIM and tim-probe on the shipped blood-v1's embedding, against the linear probe on the "
+    "same embedding and episodes (balance weight 0.1, their default, and 1, the earlier "
+    "default)")
+transductive_groups(
+    "embedding-batch-centred", BATCH_CENTRED,
+    "batch-centred-probe on the shipped blood-v1's embedding: features re-centred on the mean "
+    "of the support and query images, against the linear probe on the same embedding and "
+    "episodes")
