@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.methods.base import register_head
-from fewshot.methods.linear_probe import LR, STEPS, TEMPERATURE, train_linear
-from fewshot.methods.transductive import TransductivePrototypes
+from fewshot.methods.linear_probe import LR, STEPS, TEMPERATURE
+from fewshot.methods.transductive import TransductiveProbe
 
 
 def batch_centred(support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
@@ -37,30 +37,14 @@ def batch_centred(support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @register_head("batch-centred-probe")
-class BatchCentredProbe(TransductivePrototypes):
+class BatchCentredProbe(TransductiveProbe):
     def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None,
                  steps: int = STEPS, lr: float = LR, temperature: float = TEMPERATURE,
                  power: float | None = None, base_features: Tensor | None = None,
                  balance: bool = True) -> None:
-        super().__init__(encoder, base_mean, temperature, power, base_features)
-        self.steps, self.lr, self.balance = steps, lr, balance
-        self.inductive: nn.Linear | None = None
-        """The plain probe for batches too small to use, fitted once per support set (and
-        kept in an adapted folder when adapt needed it)."""
+        super().__init__(encoder, base_mean, steps, lr, temperature, power, base_features,
+                         balance)
 
-    def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
-        super().process_support_set(support, support_labels)
-        self.inductive = None  # fitted when first needed
-
-    def fit(self, support: Tensor) -> nn.Linear:
-        return train_linear(support, self.support_labels, self.steps, self.lr,
-                            self.temperature, balance=self.balance)
-
-    def forward(self, query: Tensor) -> Tensor:
-        features = self.query_features(query)
-        if not self.batch_too_small(features):
-            support, batch = batch_centred(self.support_features.detach(), features.detach())
-            return self.fit(support)(batch)
-        if self.inductive is None:  # too few to use: the plain probe
-            self.inductive = self.fit(self.support_features.detach())
-        return self.inductive(features)
+    def joint_logits(self, features: Tensor) -> Tensor:
+        support, batch = batch_centred(self.support_features.detach(), features.detach())
+        return self.fit(support)(batch)

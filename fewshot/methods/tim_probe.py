@@ -19,40 +19,23 @@ from functools import partial
 from torch import Tensor, nn
 
 from fewshot.methods.base import register_head
-from fewshot.methods.linear_probe import train_linear
 from fewshot.methods.tim import check_alpha, information_loss
-from fewshot.methods.transductive import TransductivePrototypes
+from fewshot.methods.transductive import TransductiveProbe
 
 
 @register_head("tim-probe")
-class TIMProbe(TransductivePrototypes):
+class TIMProbe(TransductiveProbe):
     def __init__(self, encoder: nn.Module, base_mean: Tensor | None = None,
                  steps: int = 100, lr: float = 0.01, temperature: float = 10.0,
                  marginal_entropy_weight: float = 0.1, conditional_entropy_weight: float = 0.1,
                  alpha: float | None = None, power: float | None = None,
                  base_features: Tensor | None = None, balance: bool = True) -> None:
-        super().__init__(encoder, base_mean, temperature, power, base_features)
+        super().__init__(encoder, base_mean, steps, lr, temperature, power, base_features,
+                         balance)
         check_alpha("tim-probe", alpha)
-        self.steps, self.lr, self.balance = steps, lr, balance
         self.query_loss = partial(information_loss, marginal_weight=marginal_entropy_weight,
                                   conditional_weight=conditional_entropy_weight, alpha=alpha)
-        self.inductive: nn.Linear | None = None
-        """The plain probe for batches too small to use, fitted once per support set (and
-        kept in an adapted folder when adapt needed it)."""
 
-    def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
-        super().process_support_set(support, support_labels)
-        self.inductive = None  # fitted when first needed
-
-    def fit(self, batch: Tensor | None) -> nn.Linear:
-        return train_linear(self.support_features.detach(), self.support_labels, self.steps,
-                            self.lr, self.temperature, balance=self.balance, query=batch,
-                            query_loss=self.query_loss)
-
-    def forward(self, query: Tensor) -> Tensor:
-        features = self.query_features(query)
-        if not self.batch_too_small(features):
-            return self.fit(features.detach())(features)
-        if self.inductive is None:  # too few to use: the plain probe
-            self.inductive = self.fit(None)
-        return self.inductive(features)
+    def joint_logits(self, features: Tensor) -> Tensor:
+        return self.fit(self.support_features.detach(), features.detach(),
+                        self.query_loss)(features)

@@ -4,6 +4,8 @@ fallback when that batch is too small to use."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -15,6 +17,7 @@ from fewshot.methods.common import (
     cosine,
     transform_features,
 )
+from fewshot.methods.linear_probe import train_linear
 
 
 class TransductivePrototypes(FewShotHead):
@@ -63,3 +66,40 @@ class TransductivePrototypes(FewShotHead):
         if self.batch_too_small(features):
             return self.temperature * cosine(features, self.prototypes)
         return self.temperature * cosine(features, self.refined(features.detach()))
+
+
+class TransductiveProbe(TransductivePrototypes):
+    """The linear probe with the query batch: each head fits the probe on the batch by its
+    own rule (`joint_logits`); for a batch too small to use, the plain probe, fitted once
+    per support set (and kept in an adapted folder when adapt needed it)."""
+
+    def __init__(self, encoder: nn.Module, base_mean: Tensor | None, steps: int, lr: float,
+                 temperature: float, power: float | None, base_features: Tensor | None,
+                 balance: bool) -> None:
+        super().__init__(encoder, base_mean, temperature, power, base_features)
+        self.steps, self.lr, self.balance = steps, lr, balance
+        self.inductive: nn.Linear | None = None
+
+    def process_support_set(self, support: Tensor, support_labels: Tensor) -> None:
+        super().process_support_set(support, support_labels)
+        self.inductive = None  # fitted when first needed
+
+    def fit(self, support: Tensor, batch: Tensor | None = None,
+            query_loss: Callable[[Tensor], Tensor] | None = None) -> nn.Linear:
+        """The probe on `support` features (the support labels), with `query_loss` on the
+        `batch` when both are given."""
+        return train_linear(support, self.support_labels, self.steps, self.lr,
+                            self.temperature, balance=self.balance, query=batch,
+                            query_loss=query_loss)
+
+    def joint_logits(self, features: Tensor) -> Tensor:
+        """Logits of a batch large enough to use (transformed features)."""
+        raise NotImplementedError
+
+    def forward(self, query: Tensor) -> Tensor:
+        features = self.query_features(query)
+        if not self.batch_too_small(features):
+            return self.joint_logits(features)
+        if self.inductive is None:  # too few to use: the plain probe
+            self.inductive = self.fit(self.support_features.detach())
+        return self.inductive(features)
